@@ -20,7 +20,7 @@ def _register(table: dict[str, tuple[Any, Any]], architecture: str, pair: tuple[
     if current is not None:
         same = all(
             a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
-            for a, b in zip(current, pair)
+            for a, b in zip(current, pair, strict=True)
         )
         if not same:
             raise ValueError(
