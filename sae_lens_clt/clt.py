@@ -139,7 +139,8 @@ class _SparseDecode(torch.autograd.Function):
 
     Forward is a CSR x dense product. Backward gives ``dL/dvalues`` by a sampled
     dense-dense product (only at the active entries) and ``dL/dW`` by ``Aᵀ @ grad``
-    (CSR again), so no step costs ``n_rows * d_sae * D``.
+    (CSR again), so no step costs ``n_rows * d_sae * D``. Where the sparse kernels lack a
+    dtype (half precision on CPU) the same products are done by gathering rows in chunks.
     """
 
     @staticmethod
@@ -150,7 +151,9 @@ class _SparseDecode(torch.autograd.Function):
         weight: torch.Tensor,  # [F, D]
         n_rows: int,
     ) -> torch.Tensor:  # [n_rows, D]
-        return _csr(rows, cols, values, (n_rows, weight.shape[0])) @ weight
+        if _has_csr_kernels(weight):
+            return _csr(rows, cols, values, (n_rows, weight.shape[0])) @ weight
+        return _scatter_rows(weight, cols, rows, values, n_rows)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
@@ -161,17 +164,45 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         values, rows, cols, weight = ctx.saved_tensors
+        csr = _has_csr_kernels(weight)
         grad_values = grad_weight = None
         if ctx.needs_input_grad[0]:
-            pattern = _csr(rows, cols, torch.zeros_like(values), (ctx.n_rows, weight.shape[0]))
-            grad_values = torch.sparse.sampled_addmm(pattern, grad_out, weight.T).values()
+            if csr:
+                pattern = _csr(rows, cols, torch.zeros_like(values), (ctx.n_rows, weight.shape[0]))
+                grad_values = torch.sparse.sampled_addmm(pattern, grad_out, weight.T).values()
+            else:
+                grad_values = torch.cat(
+                    [
+                        (grad_out[rows[i : i + _CHUNK]] * weight[cols[i : i + _CHUNK]]).sum(-1)
+                        for i in range(0, rows.numel(), _CHUNK)
+                    ]
+                )
         if ctx.needs_input_grad[3]:
-            order = torch.argsort(cols, stable=True)
-            transposed = _csr(
-                cols[order], rows[order], values[order], (weight.shape[0], ctx.n_rows)
-            )
-            grad_weight = transposed @ grad_out
+            if csr:
+                order = torch.argsort(cols, stable=True)
+                shape = (weight.shape[0], ctx.n_rows)
+                grad_weight = _csr(cols[order], rows[order], values[order], shape) @ grad_out
+            else:
+                grad_weight = _scatter_rows(grad_out, rows, cols, values, weight.shape[0])
         return grad_values, None, None, grad_weight, None
+
+
+_CHUNK = 4096  # rows gathered at once on the fallback path (bounds its memory)
+
+
+def _has_csr_kernels(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.float32, torch.float64) or t.device.type == "cuda"
+
+
+def _scatter_rows(
+    src: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor, values: torch.Tensor, n: int
+) -> torch.Tensor:
+    """``out[dst_idx[k]] += values[k] * src[src_idx[k]]`` for all k: ``[n, D]``."""
+    out = src.new_zeros(n, src.shape[1])
+    for i in range(0, values.numel(), _CHUNK):
+        sl = slice(i, i + _CHUNK)
+        out.index_add_(0, dst_idx[sl], src[src_idx[sl]] * values[sl, None])
+    return out
 
 
 def _csr(
