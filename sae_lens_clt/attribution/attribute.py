@@ -1,0 +1,466 @@
+"""Attribution graphs: exact direct effects over a CLT local replacement model.
+
+Algorithm (one prompt of ``T`` tokens, ``L`` layers; DESIGN.md §3):
+
+1. **One forward pass** of the model with hooks that (a) detach every attention pattern
+   (``hook_pattern``) and every norm scale (``hook_scale`` of ln1 / ln2 / ln_final), so
+   gradients see them as constants; (b) replace each MLP output (the CLT's output hook) by
+   a fresh leaf tensor with the same value, so no gradient flows through the MLP; a CLT
+   skip connection ``x W_skip`` stays as a linear, zero-valued path; (c) make the token
+   and positional embeddings leaves too. The values are unchanged (reconstruction +
+   error = MLP output), so the logits are the model's own. Under these freezes every
+   target is an affine function of the leaves: its gradient *is* the direct effect.
+2. **Encode**: the cached CLT inputs give pre-activations and activations of every
+   feature; position 0 (BOS) is zeroed. Errors ``e = y - ŷ`` (zero at position 0).
+   Source vectors: active feature ``a_s W_dec[s -> t]`` written at every ``t >= s``;
+   error ``e_{l,p}`` at layer ``l``; embedding ``W_E[tok_p]`` (+ ``W_pos[p]``).
+3. **Targets**: demeaned logits of the most probable tokens (until their probabilities
+   sum to ``desired_logit_prob`` or there are ``max_n_logits``): gradient
+   ``W_U[:, tok] - mean_v W_U[:, v]`` injected at the unembedding input of the last
+   position; active features' pre-activations: ``W_enc[l][:, f]`` at the CLT input of
+   layer ``l``, position ``p``.
+4. **Batched backward passes**: a batch of ``B`` targets is one vmapped
+   ``torch.autograd.grad(..., is_grads_batched=True)`` over the retained graph. The
+   gradients at the MLP-output leaves ``G [B, L, T, d]`` and embedding leaves are then
+   contracted with the source vectors: errors by one einsum, embeddings by one dot
+   product per position, features per position with their (activation-scaled,
+   layer-padded) decoder rows, touching only active features. Each batch fills ``B`` rows
+   of ``A`` (rows = targets, columns = sources).
+5. **max_feature_nodes**: logit rows come first; then, every ``update_interval`` batches,
+   the influence of every active feature on the logits is re-estimated from the rows
+   computed so far (``w (B + B² + …)`` over those rows) and the most influential
+   unvisited features get the next rows. Only the visited features become nodes.
+6. **Package** an :class:`AttributionGraph` (dense float32 ``[N, N]`` adjacency).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer
+
+from sae_lens_clt.attribution.graph import AttributionGraph
+from sae_lens_clt.clt import CrossLayerTranscoder
+
+Prompt = str | Sequence[int] | torch.Tensor
+
+
+# ---------------------------------------------------------------------- inputs
+def to_tokens(model: HookedTransformer, prompt: Prompt) -> torch.Tensor:
+    """Prompt (string or token ids) -> ``[T]`` int64 tokens with BOS first.
+
+    Strings need ``model.tokenizer``. BOS is prepended when the model has a BOS token and
+    the prompt does not start with it; without a tokenizer, ids are taken as given
+    (position 0 is still treated as BOS).
+    """
+    tokenizer = getattr(model, "tokenizer", None)
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError(
+                "prompt is a string but the model has no tokenizer: pass token ids instead"
+            )
+        tokens = model.to_tokens(prompt, prepend_bos=True)[0].cpu()
+    else:
+        tokens = torch.as_tensor(prompt, dtype=torch.long).flatten().cpu()
+    bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
+    if bos is not None and (tokens.numel() == 0 or int(tokens[0]) != bos):
+        tokens = torch.cat([torch.tensor([bos]), tokens])
+    if tokens.numel() < 2:
+        raise ValueError("the prompt needs at least one token after BOS")
+    return tokens
+
+
+def check_compatible(model: HookedTransformer, clt: CrossLayerTranscoder) -> None:
+    """Raise a ValueError if the CLT does not fit the model's layers and hooks."""
+    if clt.cfg.n_layers != model.cfg.n_layers:
+        raise ValueError(
+            f"the CLT has {clt.cfg.n_layers} layers but the model has {model.cfg.n_layers}: "
+            "attribution needs a CLT over every layer of the model"
+        )
+    missing = [
+        name
+        for layer in range(clt.cfg.n_layers)
+        for name in (clt.cfg.hook_in(layer), clt.cfg.hook_out(layer))
+        if name not in model.hook_dict
+    ]
+    if missing:
+        raise ValueError(
+            f"the model has no hook points {missing[:3]}...: set the CLT's "
+            "metadata.hook_name / hook_name_out templates to this model's hook names"
+        )
+
+
+@contextlib.contextmanager
+def no_param_grads(*modules: torch.nn.Module) -> Iterator[None]:
+    """Temporarily turn off ``requires_grad`` on every parameter (restored afterwards)."""
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+def unembed_input_hook(model: HookedTransformer) -> str:
+    """Name of the hook whose output the unembedding reads."""
+    if "unembed.hook_in" in model.hook_dict:
+        return "unembed.hook_in"
+    if "ln_final.hook_normalized" in model.hook_dict:
+        return "ln_final.hook_normalized"
+    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+
+
+def select_logits(
+    last_logits: torch.Tensor, max_n_logits: int, desired_logit_prob: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Most probable tokens until their total reaches ``desired_logit_prob`` (at most
+    ``max_n_logits``): ``(token_ids [k], probabilities [k])`` from ``last_logits [V]``."""
+    probs = torch.softmax(last_logits.float(), dim=-1)
+    top_p, top_ids = probs.topk(min(max_n_logits, probs.numel()))
+    k = int(torch.searchsorted(top_p.cumsum(0), torch.tensor(desired_logit_prob))) + 1
+    k = min(k, top_ids.numel())
+    return top_ids[:k], top_p[:k]
+
+
+# ---------------------------------------------------------------------- step 1
+@dataclass
+class FrozenForward:
+    """The retained autograd graph of one frozen forward pass (batch of 1).
+
+    Tensors with a leading ``1`` are graph nodes; the rest are detached values.
+    """
+
+    tokens: torch.Tensor  # [T]
+    logits: torch.Tensor  # [T, d_vocab], detached
+    clt_inputs: list[torch.Tensor]  # L x [1, T, d_in], graph outputs (feature targets)
+    unembed_input: torch.Tensor  # [1, T, d_model], graph output (logit targets)
+    mlp_out_leaves: list[torch.Tensor]  # L x [1, T, d_out], graph inputs
+    embed_leaf: torch.Tensor  # [1, T, d_model]
+    pos_leaf: torch.Tensor | None  # [1, T, d_model] when the model adds learned positions
+    x: torch.Tensor  # [T, L, d_in] CLT inputs, detached
+    y: torch.Tensor  # [T, L, d_out] true MLP outputs, detached
+
+
+def frozen_forward(
+    model: HookedTransformer, clt: CrossLayerTranscoder, tokens: torch.Tensor
+) -> FrozenForward:
+    """Run the model once with the freezes of step 1 and keep the graph."""
+    L = clt.cfg.n_layers
+    store: dict[str, torch.Tensor] = {}
+
+    def detach(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        return act.detach()
+
+    def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        store[hook.name] = act
+        return act
+
+    def leaf(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        store[hook.name] = act.detach().requires_grad_(True)
+        return store[hook.name]
+
+    def mlp_out(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
+        out = act.detach().requires_grad_(True)
+        store[f"leaf_{layer}"] = out
+        if clt.cfg.skip_connection:  # linear path x W_skip with value 0 and gradient
+            skip = store[clt.cfg.hook_in(layer)].to(clt.dtype) @ clt.W_skip[layer]
+            return out + (skip - skip.detach()).to(out.dtype)
+        return out
+
+    hooks: list[tuple[str, Any]] = [
+        (name, detach)
+        for name in model.hook_dict
+        if name.endswith(".hook_scale") or name.endswith(".hook_pattern")
+    ]
+    hooks += [("hook_embed", leaf), ("hook_pos_embed", leaf)]
+    for layer in range(L):
+        hooks.append((clt.cfg.hook_in(layer), keep))
+        hooks.append(
+            (clt.cfg.hook_out(layer), lambda a, hook, layer=layer: mlp_out(a, hook, layer))
+        )
+    unembed_hook = unembed_input_hook(model)
+    hooks.append((unembed_hook, keep))
+    hooks = [(n, f) for n, f in hooks if n in model.hook_dict]
+    pos_type = getattr(model.cfg, "positional_embedding_type", "standard")
+    with torch.enable_grad():
+        logits = model.run_with_hooks(tokens[None].to(model.cfg.device), fwd_hooks=hooks)
+    clt_inputs = [store[clt.cfg.hook_in(layer)] for layer in range(L)]
+    leaves = [store[f"leaf_{layer}"] for layer in range(L)]
+    return FrozenForward(
+        tokens=tokens,
+        logits=logits[0].detach(),
+        clt_inputs=clt_inputs,
+        unembed_input=store[unembed_hook],
+        mlp_out_leaves=leaves,
+        embed_leaf=store["hook_embed"],
+        pos_leaf=store.get("hook_pos_embed") if pos_type in ("standard", "shortformer") else None,
+        x=torch.stack([a[0].detach() for a in clt_inputs], dim=1),
+        y=torch.stack([a[0].detach() for a in leaves], dim=1),
+    )
+
+
+# ---------------------------------------------------------------------- steps 2-4
+class _RowComputer:
+    """Source vectors of one prompt and the batched backward pass that yields rows of A.
+
+    Columns (sources): ``[active features (n), errors (L*T, layer-major), embeddings (T)]``.
+    """
+
+    def __init__(
+        self, model: HookedTransformer, clt: CrossLayerTranscoder, fwd: FrozenForward
+    ) -> None:
+        L, T = clt.cfg.n_layers, fwd.tokens.numel()
+        self.fwd, self.L, self.T = fwd, L, T
+        with torch.no_grad():
+            x = fwd.x.to(clt.dtype)  # [T, L, d_in]
+            pre = torch.stack([clt.encode_layer_pre(x[:, s], s) for s in range(L)], dim=1)
+            acts = torch.stack([clt.activation(pre[:, s], s) for s in range(L)], dim=1)
+            acts[0] = 0.0  # BOS is not explained
+            errors = fwd.y.to(clt.dtype) - clt.decode_sparse(acts, x)  # [T, L, d_out]
+            errors[0] = 0.0
+            acts_ltf = acts.transpose(0, 1)  # [L, T, F]
+            self.active = acts_ltf.nonzero()  # [n, 3] (layer, pos, feature), sorted
+            layers, pos, feats = self.active.unbind(1)
+            self.values = acts_ltf[layers, pos, feats]  # [n]
+            self.pre_values = pre.transpose(0, 1)[layers, pos, feats]  # [n]
+            self.enc_vecs = clt.W_enc[layers, :, feats]  # [n, d_in]
+            self.errors = errors.transpose(0, 1).contiguous()  # [L, T, d_out]
+            # activation-scaled decoder rows, zero-padded to all L target layers
+            dec = torch.zeros(len(layers), L, clt.cfg.d_out, dtype=clt.dtype)
+            for s in range(L):
+                idx = (layers == s).nonzero()[:, 0]
+                if idx.numel():
+                    rows = clt.decoder_rows(s, feats[idx]) * self.values[idx, None, None]
+                    dec[idx, s:] = rows.to(dec.dtype)
+            self.dec_by_pos = []  # per position: (feature indices, [L*d_out, n_p])
+            for p in range(T):
+                idx = (pos == p).nonzero()[:, 0]
+                if idx.numel():
+                    self.dec_by_pos.append((p, idx, dec[idx].flatten(1).T.contiguous()))
+            self.embed_vals = fwd.embed_leaf[0].detach()  # [T, d_model]
+            self.pos_vals = None if fwd.pos_leaf is None else fwd.pos_leaf[0].detach()
+        self.n_features = int(self.active.shape[0])
+        self.n_cols = self.n_features + L * T + T
+        self.layers, self.positions = layers, pos
+
+    def rows(self, feature_ids: torch.Tensor, logit_vecs: torch.Tensor) -> torch.Tensor:
+        """Rows of A for some feature targets then some logit targets.
+
+        ``feature_ids``: ``[b_f]`` indices into the active features; ``logit_vecs``:
+        ``[b_l, d_model]`` demeaned unembedding directions. Returns ``[b_f + b_l, n_cols]``.
+        """
+        fwd, L, T = self.fwd, self.L, self.T
+        n_f, n_l = int(feature_ids.numel()), int(logit_vecs.shape[0])
+        B = n_f + n_l
+        outputs, grads = [], []
+        f_layers, f_pos = self.layers[feature_ids], self.positions[feature_ids]
+        max_layer = L if n_l else int(f_layers.max()) + 1 if n_f else 0
+        for layer in f_layers.unique().tolist():
+            sel = (f_layers == layer).nonzero()[:, 0]
+            target = fwd.clt_inputs[layer]
+            g = torch.zeros(B, *target.shape, dtype=target.dtype)
+            g[sel, 0, f_pos[sel]] = self.enc_vecs[feature_ids[sel]].to(g.dtype)
+            outputs.append(target)
+            grads.append(g)
+        if n_l:
+            target = fwd.unembed_input
+            g = torch.zeros(B, *target.shape, dtype=target.dtype)
+            g[torch.arange(n_f, B), 0, T - 1] = logit_vecs.to(g.dtype)
+            outputs.append(target)
+            grads.append(g)
+        inputs = fwd.mlp_out_leaves[:max_layer] + [fwd.embed_leaf]
+        if fwd.pos_leaf is not None:
+            inputs.append(fwd.pos_leaf)
+        got = torch.autograd.grad(
+            outputs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True
+        )
+        d_out = fwd.mlp_out_leaves[0].shape[-1]
+        G = torch.zeros(B, L, T, d_out, dtype=self.errors.dtype)  # grads at MLP outputs
+        for layer in range(max_layer):
+            if got[layer] is not None:
+                G[:, layer] = got[layer][:, 0].to(G.dtype)
+        out = torch.empty(B, self.n_cols, dtype=torch.float32)
+        # features: per source position, all its active features at once
+        G_pos = G.permute(2, 0, 1, 3).reshape(T, B, L * d_out)
+        for p, idx, dec in self.dec_by_pos:
+            out[:, idx] = (G_pos[p] @ dec).float()
+        # errors
+        nf = self.n_features
+        out[:, nf : nf + L * T] = torch.einsum("bltd,ltd->blt", G, self.errors).reshape(B, -1)
+        # embeddings (+ learned positions)
+        emb = torch.zeros(B, T, dtype=torch.float32)
+        if got[max_layer] is not None:
+            emb += (got[max_layer][:, 0] * self.embed_vals).sum(-1).float()
+        if fwd.pos_leaf is not None and got[max_layer + 1] is not None:
+            emb += (got[max_layer + 1][:, 0] * self.pos_vals).sum(-1).float()
+        out[:, nf + L * T :] = emb
+        return out
+
+
+def _partial_influence(
+    rows: torch.Tensor, row_nodes: torch.Tensor, logit_nodes: torch.Tensor, probs: torch.Tensor
+) -> torch.Tensor:
+    """Influence on the logits of every node, from the rows computed so far.
+
+    ``rows [R, N]`` are rows of A for the nodes ``row_nodes [R]``; returns ``w (B + B² + …)``
+    ``[N]`` with B = |rows| row-normalised and w = ``probs`` on ``logit_nodes``.
+    """
+    b = rows.abs()
+    b = b / b.sum(dim=1, keepdim=True).clamp(min=1e-10)
+    weight = torch.zeros(rows.shape[1], dtype=rows.dtype)
+    weight[logit_nodes] = probs.to(rows.dtype)
+    influence = torch.zeros_like(weight)
+    for _ in range(4 * rows.shape[0] + 4):  # a DAG: ends after depth + 1 steps
+        weight = weight[row_nodes] @ b
+        if not weight.any():
+            return influence
+        influence += weight
+    raise RuntimeError("influence did not converge: the rows do not form a DAG")
+
+
+# ---------------------------------------------------------------------- public API
+@torch.no_grad()
+def attribute(
+    model: HookedTransformer,
+    clt: CrossLayerTranscoder,
+    prompt: Prompt,
+    *,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 256,
+    update_interval: int = 4,
+    verbose: bool = False,
+) -> AttributionGraph:
+    """Attribution graph of ``prompt`` over the CLT local replacement model.
+
+    Args:
+        model: the ``HookedTransformer`` the CLT was trained on.
+        clt: a :class:`CrossLayerTranscoder` over every layer of ``model``.
+        prompt: a string (needs ``model.tokenizer``) or token ids; BOS is prepended.
+        max_n_logits / desired_logit_prob: which output tokens become logit nodes.
+        max_feature_nodes: if set, only this many features (the most influential ones,
+            ranked progressively) become nodes.
+        batch_size: target rows per backward pass.
+        update_interval: batches between two re-rankings (with ``max_feature_nodes``).
+        verbose: print timings.
+
+    Returns:
+        An :class:`AttributionGraph` (adjacency rows = targets, columns = sources).
+    """
+    start = time.perf_counter()
+    check_compatible(model, clt)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tokens = to_tokens(model, prompt)
+    T, L = tokens.numel(), clt.cfg.n_layers
+
+    with no_param_grads(model, clt):
+        fwd = frozen_forward(model, clt, tokens)
+        t_fwd = time.perf_counter()
+        rc = _RowComputer(model, clt, fwd)
+        logit_ids, logit_probs = select_logits(fwd.logits[-1], max_n_logits, desired_logit_prob)
+        W_U = model.W_U.detach()  # [d_model, d_vocab]
+        logit_vecs = (W_U[:, logit_ids] - W_U.mean(dim=1, keepdim=True)).T  # [k, d_model]
+        n_active, n_logits = rc.n_features, int(logit_ids.numel())
+        n_keep = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
+        no_features = torch.zeros(0, dtype=torch.long)
+        n_batches = 0
+
+        if n_keep == n_active:  # every feature gets a row: fill A in node order
+            selected = torch.arange(n_active)
+            N = rc.n_cols + n_logits
+            adjacency = torch.zeros(N, N, dtype=torch.float32)
+            adjacency[rc.n_cols :, : rc.n_cols] = rc.rows(no_features, logit_vecs)
+            n_batches += 1
+            for ids in selected.split(batch_size):
+                adjacency[ids, : rc.n_cols] = rc.rows(ids, logit_vecs[:0])
+                n_batches += 1
+        else:  # progressive ranking by influence, as rows come in
+            n_full = rc.n_cols + n_logits
+            buf = torch.zeros(n_logits + n_keep, n_full, dtype=torch.float32)
+            row_nodes = torch.zeros(n_logits + n_keep, dtype=torch.long)
+            logit_nodes = torch.arange(rc.n_cols, n_full)
+            buf[:n_logits, : rc.n_cols] = rc.rows(no_features, logit_vecs)
+            row_nodes[:n_logits] = logit_nodes
+            n_batches += 1
+            visited = torch.zeros(n_active, dtype=torch.bool)
+            n_rows = n_logits
+            while n_rows - n_logits < n_keep:
+                infl = _partial_influence(
+                    buf[:n_rows], row_nodes[:n_rows], logit_nodes, logit_probs
+                )
+                rank = torch.argsort(infl[:n_active], descending=True, stable=True)
+                quota = min(update_interval * batch_size, n_keep - (n_rows - n_logits))
+                pending = rank[~visited[rank]][:quota]
+                for ids in pending.split(batch_size):
+                    buf[n_rows : n_rows + ids.numel(), : rc.n_cols] = rc.rows(ids, logit_vecs[:0])
+                    row_nodes[n_rows : n_rows + ids.numel()] = ids
+                    visited[ids] = True
+                    n_rows += ids.numel()
+                    n_batches += 1
+            selected = visited.nonzero()[:, 0]  # sorted: node order
+            keep_cols = torch.cat([selected, torch.arange(n_active, n_full)])
+            N = keep_cols.numel()
+            adjacency = torch.zeros(N, N, dtype=torch.float32)
+            feature_rows = buf[n_logits:]
+            order = torch.argsort(row_nodes[n_logits:])  # rows sorted by feature index
+            adjacency[: selected.numel()] = feature_rows[order][:, keep_cols]
+            adjacency[N - n_logits :] = buf[:n_logits][:, keep_cols]
+    del fwd
+    t_end = time.perf_counter()
+
+    tokenizer = getattr(model, "tokenizer", None)
+
+    def tok_str(t: int) -> str:
+        return tokenizer.decode([t]) if tokenizer is not None else str(t)
+
+    metadata: dict[str, Any] = {
+        "prompt": prompt if isinstance(prompt, str) else None,
+        "token_strings": [tok_str(int(t)) for t in tokens],
+        "logit_token_strings": [tok_str(int(t)) for t in logit_ids],
+        "model_name": str(getattr(model.cfg, "model_name", "")),
+        "clt": {
+            "model_name": clt.cfg.metadata.model_name,
+            "n_layers": L,
+            "d_sae": clt.cfg.d_sae,
+            "activation_fn": clt.cfg.activation_fn,
+            "hook_in": clt.cfg.metadata.hook_name,
+            "hook_out": clt.cfg.metadata.hook_name_out,
+        },
+        "settings": {
+            "max_n_logits": max_n_logits,
+            "desired_logit_prob": desired_logit_prob,
+            "max_feature_nodes": max_feature_nodes,
+            "batch_size": batch_size,
+            "update_interval": update_interval,
+        },
+        "n_active_features": n_active,
+        "n_backward_passes": n_batches,
+        "timing_s": {"forward": t_fwd - start, "total": t_end - start},
+    }
+    graph = AttributionGraph(
+        adjacency=adjacency,
+        active_features=rc.active[selected].long(),
+        activation_values=rc.values[selected].float(),
+        logit_token_ids=logit_ids.long(),
+        logit_probabilities=logit_probs.float(),
+        input_tokens=tokens,
+        n_layers=L,
+        metadata=metadata,
+    )
+    if verbose:
+        print(
+            f"attribute: {T} tokens, {n_active} active features ({selected.numel()} kept), "
+            f"{n_logits} logits, {n_batches} backward passes; forward "
+            f"{t_fwd - start:.3f}s, total {t_end - start:.3f}s"
+        )
+    return graph

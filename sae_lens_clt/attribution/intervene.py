@@ -1,0 +1,159 @@
+"""Interventions on the CLT replacement model: ablate or steer features, read the logits.
+
+Algorithm (one prompt, ``L`` layers):
+
+1. Clean run of the model: cache the CLT inputs ``x_l``, MLP outputs ``y_l``, and (when
+   frozen) attention patterns and norm scales. Encode the clean activations and the
+   error vectors ``e_l = y_l - ŷ_l`` (held fixed from here on).
+2. Intervened run: at each layer's CLT input hook, encode the features from the *current*
+   input (or keep the clean activations with ``freeze_features``), then set every
+   intervened ``(layer, position, feature)`` to its value. At each layer's MLP output hook,
+   write the replacement ``Σ_{s <= t} a_s W_dec[s -> t] + b_dec[t] (+ x_t W_skip[t]) + e_t``,
+   so a feature changed at layer ``s`` changes its writes to every layer ``t >= s``.
+   With no interventions this reproduces the clean run exactly.
+3. Return the new logits and feature activations (and the clean ones to compare).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from transformer_lens import HookedTransformer
+
+from sae_lens_clt.attribution.attribute import Prompt, check_compatible, to_tokens
+from sae_lens_clt.clt import CrossLayerTranscoder
+
+Intervention = tuple[int, int, int, float]  # (layer, position, feature, value)
+
+
+class InterventionResult(NamedTuple):
+    logits: torch.Tensor  # [T, d_vocab] after the interventions
+    activations: torch.Tensor  # [L, T, d_sae] feature activations after the interventions
+    pre_activations: torch.Tensor  # [L, T, d_sae] pre-activations after the interventions
+    clean_logits: torch.Tensor  # [T, d_vocab]
+    clean_activations: torch.Tensor  # [L, T, d_sae]
+
+
+def _check(interventions: Sequence[Intervention], L: int, T: int, F: int) -> list:
+    checked = []
+    for item in interventions:
+        if len(item) != 4:
+            raise ValueError(f"an intervention is (layer, position, feature, value), got {item!r}")
+        layer, pos, feat, value = item
+        pos = int(pos) + T if int(pos) < 0 else int(pos)
+        if not (0 <= int(layer) < L and 0 <= pos < T and 0 <= int(feat) < F):
+            raise ValueError(
+                f"intervention {item!r} is out of range: layer in [0, {L}), position in "
+                f"[-{T}, {T}), feature in [0, {F})"
+            )
+        checked.append((int(layer), pos, int(feat), float(value)))
+    return checked
+
+
+def _decode_layer(
+    clt: CrossLayerTranscoder, acts: list[torch.Tensor], target: int, T: int
+) -> torch.Tensor:
+    """``Σ_{s <= target} a_s W_dec[s -> target] + b_dec[target]`` touching only active
+    features: ``[T, d_out]``. ``acts[s]`` is ``[T, d_sae]``."""
+    out = clt.b_dec[target].expand(T, -1).clone()
+    for s in range(target + 1):
+        pos, feat = acts[s].nonzero(as_tuple=True)
+        if pos.numel():
+            vecs = clt.decoder_rows(s, feat)[:, target - s] * acts[s][pos, feat, None]
+            out.index_add_(0, pos, vecs.to(out.dtype))
+    return out
+
+
+@torch.no_grad()
+def intervene(
+    model: HookedTransformer,
+    clt: CrossLayerTranscoder,
+    prompt: Prompt,
+    interventions: Sequence[Intervention],
+    *,
+    freeze_attention: bool = True,
+    freeze_layernorm: bool = False,
+    freeze_features: bool = False,
+) -> InterventionResult:
+    """Run the replacement model with some features set to given values.
+
+    Args:
+        model / clt / prompt: as for :func:`sae_lens_clt.attribute` (BOS is prepended).
+        interventions: ``(layer, position, feature, value)``; ablate with value 0, steer
+            with a multiple of the clean activation. Negative positions count from the end.
+        freeze_attention: keep attention patterns at their clean values.
+        freeze_layernorm: keep norm scales at their clean values.
+        freeze_features: keep every other feature at its clean activation (direct effects
+            only); by default downstream features respond to the change.
+
+    Returns:
+        :class:`InterventionResult` with logits ``[T, d_vocab]`` and activations
+        ``[L, T, d_sae]``, after and before the interventions.
+    """
+    check_compatible(model, clt)
+    tokens = to_tokens(model, prompt)[None].to(model.cfg.device)  # [1, T]
+    L, T, F = clt.cfg.n_layers, tokens.shape[1], clt.cfg.d_sae
+    todo = _check(interventions, L, T, F)
+
+    # 1. clean run
+    cache: dict[str, torch.Tensor] = {}
+
+    def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        cache[hook.name] = act.detach()
+        return act
+
+    frozen = [
+        n
+        for n in model.hook_dict
+        if (freeze_attention and n.endswith(".hook_pattern"))
+        or (freeze_layernorm and n.endswith(".hook_scale"))
+    ]
+    names = frozen + [clt.cfg.hook_in(s) for s in range(L)] + [clt.cfg.hook_out(s) for s in range(L)]
+    clean_logits = model.run_with_hooks(tokens, fwd_hooks=[(n, keep) for n in names])[0]
+    x = torch.stack([cache[clt.cfg.hook_in(s)][0] for s in range(L)]).to(clt.dtype)  # [L,T,d]
+    y = torch.stack([cache[clt.cfg.hook_out(s)][0] for s in range(L)]).to(clt.dtype)
+    clean_pre = torch.stack([clt.encode_layer_pre(x[s], s) for s in range(L)])  # [L, T, F]
+    clean_acts = torch.stack([clt.activation(clean_pre[s], s) for s in range(L)])
+    clean_recon = clt.decode_sparse(clean_acts.transpose(0, 1), x.transpose(0, 1))
+    errors = y - clean_recon.transpose(0, 1)  # [L, T, d_out]
+
+    # 2. intervened run
+    acts: list[torch.Tensor] = []
+    pres: list[torch.Tensor] = []
+
+    def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        return cache[hook.name].to(act.dtype)
+
+    x_now: dict[int, torch.Tensor] = {}  # current CLT input per layer, [T, d_in]
+
+    def read(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
+        x_now[layer] = act[0].to(clt.dtype)
+        pre = clt.encode_layer_pre(x_now[layer], layer)
+        a = clean_acts[layer].clone() if freeze_features else clt.activation(pre, layer)
+        for lay, pos, feat, value in todo:
+            if lay == layer:
+                a[pos, feat] = value
+        pres.append(pre)
+        acts.append(a)
+        return act
+
+    def write(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
+        out = _decode_layer(clt, acts, layer, T) + errors[layer]
+        if clt.cfg.skip_connection:
+            out = out + x_now[layer] @ clt.W_skip[layer]
+        return out[None].to(act.dtype)
+
+    hooks: list[tuple[str, Any]] = [(n, replace) for n in frozen]
+    for s in range(L):
+        hooks.append((clt.cfg.hook_in(s), lambda a, hook, s=s: read(a, hook, s)))
+        hooks.append((clt.cfg.hook_out(s), lambda a, hook, s=s: write(a, hook, s)))
+    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[0]
+    return InterventionResult(
+        logits=logits,
+        activations=torch.stack(acts),
+        pre_activations=torch.stack(pres),
+        clean_logits=clean_logits,
+        clean_activations=clean_acts,
+    )
