@@ -315,7 +315,7 @@ def test_tiny_case_by_hand() -> None:
     # nodes: [feature, error(0,0), error(0,1), emb 0, emb 1, logit 2, logit 0, logit 1]
     expected = torch.zeros(8, 8)
     expected[0, 4] = 3.0  # feature pre-activation = W_enc . W_E[1] = 3
-    for row, tok in zip((5, 6, 7), (2, 0, 1)):
+    for row, tok in zip((5, 6, 7), (2, 0, 1), strict=True):
         expected[row, 0] = u[tok] @ feat_vec
         expected[row, 2] = u[tok] @ err_vec
         expected[row, 4] = u[tok] @ emb_vec

@@ -105,7 +105,7 @@ def no_param_grads(*modules: torch.nn.Module) -> Iterator[None]:
             p.requires_grad_(False)
         yield
     finally:
-        for p, flag in zip(params, flags):
+        for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
 
 

@@ -170,9 +170,7 @@ class AttributionGraph:
         """Write one ``.safetensors`` file: the tensors, plus the rest as JSON in its header."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS
-        }
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
         header = {
             "format": GRAPH_FORMAT,
             "version": str(GRAPH_FORMAT_VERSION),

@@ -110,7 +110,9 @@ def intervene(
         if (freeze_attention and n.endswith(".hook_pattern"))
         or (freeze_layernorm and n.endswith(".hook_scale"))
     ]
-    names = frozen + [clt.cfg.hook_in(s) for s in range(L)] + [clt.cfg.hook_out(s) for s in range(L)]
+    names = (
+        frozen + [clt.cfg.hook_in(s) for s in range(L)] + [clt.cfg.hook_out(s) for s in range(L)]
+    )
     clean_logits = model.run_with_hooks(tokens, fwd_hooks=[(n, keep) for n in names])[0]
     x = torch.stack([cache[clt.cfg.hook_in(s)][0] for s in range(L)]).to(clt.dtype)  # [L,T,d]
     y = torch.stack([cache[clt.cfg.hook_out(s)][0] for s in range(L)]).to(clt.dtype)

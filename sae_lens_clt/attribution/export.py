@@ -1,0 +1,311 @@
+"""Graph JSON for Neuronpedia's circuit viewer and circuit-tracer's local server (DESIGN.md §4).
+
+Algorithm:
+
+1. Prune the graph (``prune.py``); each kept node gets its circuit-tracer ``Node`` fields,
+   ``influence`` being its cumulative-influence rank score as circuit-tracer writes it.
+2. Links are the kept edges ``{source, target, weight}`` with ``weight = A[target, source]``;
+   nodes without links are dropped, embeddings and logits always stay.
+3. Validate against :data:`GRAPH_JSON_SCHEMA` (with ``jsonschema`` when installed, else a
+   small checker) plus the checks a schema cannot express (unique ids, links to known
+   nodes), then write the file and, next to it, circuit-tracer's ``graph-metadata.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sae_lens_clt.attribution.graph import AttributionGraph
+    from sae_lens_clt.attribution.prune import PruneResult
+
+FEATURE_TYPES = ("cross layer transcoder", "mlp reconstruction error", "embedding", "logit")
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+GRAPH_JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "attribution graph (circuit-tracer / Neuronpedia)",
+    "type": "object",
+    "required": ["metadata", "qParams", "nodes", "links"],
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "required": ["slug", "scan", "transcoder_list", "prompt_tokens", "prompt"],
+            "properties": {
+                "slug": {"type": "string"},
+                "scan": {"type": "string"},
+                "transcoder_list": {"type": "array", "items": {"type": "string"}},
+                "prompt_tokens": {"type": "array", "items": {"type": "string"}},
+                "prompt": {"type": "string"},
+                "node_threshold": _NUMBER_OR_NULL,
+                "schema_version": {"type": ["integer", "null"], "enum": [1, None]},
+            },
+        },
+        "qParams": {
+            "type": "object",
+            "required": ["pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"],
+            "properties": {
+                "pinnedIds": {"type": "array", "items": {"type": "string"}},
+                "supernodes": {
+                    "type": "array",
+                    "items": {"type": "array", "items": {"type": "string"}},
+                },
+                "linkType": {"type": "string"},
+                "clickedId": {"type": "string"},
+                "sg_pos": {"type": "string"},
+            },
+        },
+        "nodes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "node_id",
+                    "feature",
+                    "layer",
+                    "ctx_idx",
+                    "feature_type",
+                    "jsNodeId",
+                    "clerp",
+                    "influence",
+                    "activation",
+                    "token_prob",
+                    "is_target_logit",
+                ],  # fmt: skip
+                "properties": {
+                    "node_id": {"type": "string"},
+                    "feature": {"type": "integer"},
+                    "layer": {"type": "string"},
+                    "ctx_idx": {"type": "integer", "minimum": 0},
+                    "feature_type": {"type": "string", "enum": list(FEATURE_TYPES)},
+                    "jsNodeId": {"type": "string"},
+                    "clerp": {"type": "string"},
+                    "influence": _NUMBER_OR_NULL,
+                    "activation": _NUMBER_OR_NULL,
+                    "token_prob": {"type": "number"},
+                    "is_target_logit": {"type": "boolean"},
+                    "run_idx": {"type": "integer"},
+                    "reverse_ctx_idx": {"type": "integer"},
+                },
+            },
+        },
+        "links": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["source", "target", "weight"],
+                "properties": {
+                    "source": {"type": "string"},
+                    "target": {"type": "string"},
+                    "weight": {"type": "number"},
+                },
+            },
+        },
+    },
+}
+
+
+def cantor_pairing(x: int, y: int) -> int:
+    """Unique integer for a pair of non-negative integers (circuit-tracer's feature id)."""
+    return (x + y) * (x + y + 1) // 2 + y
+
+
+def _token_text(token: str) -> str:
+    return token.replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
+
+
+def _num(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _node(**fields: Any) -> dict[str, Any]:
+    base = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0}
+    base.update({"clerp": "", "influence": None, "activation": None})
+    base.update(fields)
+    return base
+
+
+def graph_json(
+    graph: AttributionGraph,
+    *,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    slug: str | None = None,
+    scan: str | None = None,
+    labels: Mapping[tuple[int, int], str] | None = None,
+    pruned: PruneResult | None = None,
+) -> dict[str, Any]:
+    """The graph JSON as a dict (steps 1-2). ``labels`` maps ``(layer, feature)`` to a
+    feature's description (the ``clerp``)."""
+    if pruned is None:
+        pruned = graph.prune(node_threshold, edge_threshold)
+    labels = labels or {}
+    L, T = graph.n_layers, graph.n_pos
+    tokens = [int(t) for t in graph.input_tokens]
+    tok_strs = graph.metadata.get("token_strings") or [str(t) for t in tokens]
+    logit_strs = graph.metadata.get("logit_token_strings") or [
+        str(int(t)) for t in graph.logit_token_ids
+    ]
+    influence = pruned.cumulative_scores
+
+    nodes: dict[int, dict[str, Any]] = {}
+    for i in pruned.node_mask.nonzero()[:, 0].tolist():
+        kind = graph.node_kind(i)
+        infl = _num(influence[i])
+        if kind == "feature":
+            layer, pos, feat = (int(v) for v in graph.active_features[i])
+            nodes[i] = _node(
+                node_id=f"{layer}_{feat}_{pos}", feature=cantor_pairing(layer, feat),
+                layer=str(layer), ctx_idx=pos, feature_type=FEATURE_TYPES[0],
+                jsNodeId=f"{layer}_{feat}-0", clerp=labels.get((layer, feat), ""),
+                influence=infl, activation=_num(graph.activation_values[i]),
+            )  # fmt: skip
+        elif kind == "error":
+            layer, pos = graph.node_layer_pos(i)
+            nodes[i] = _node(
+                node_id=f"{layer}_-1_{pos}", feature=-1, layer=str(layer), ctx_idx=pos,
+                feature_type=FEATURE_TYPES[1], jsNodeId=f"{layer}_-1_{pos}-0", influence=infl,
+            )  # fmt: skip
+        elif kind == "embedding":
+            pos = i - graph.embedding_offset
+            nodes[i] = _node(
+                node_id=f"E_{tokens[pos]}_{pos}", feature=pos, layer="E", ctx_idx=pos,
+                feature_type=FEATURE_TYPES[2], jsNodeId=f"E_{tokens[pos]}-{pos}",
+                influence=infl,
+            )  # fmt: skip
+        else:
+            k = i - graph.logit_offset
+            tok, prob = int(graph.logit_token_ids[k]), float(graph.logit_probabilities[k])
+            nodes[i] = _node(
+                node_id=f"{L + 1}_{tok}_{T - 1}", feature=tok, layer=str(L + 1),
+                ctx_idx=T - 1, feature_type=FEATURE_TYPES[3], jsNodeId=f"L_{tok}-{T - 1}",
+                clerp=f'Output "{_token_text(logit_strs[k])}" (p={prob:.3f})',
+                token_prob=prob, is_target_logit=k == 0, influence=infl,
+            )  # fmt: skip
+
+    targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
+    weights = graph.adjacency[targets, sources].tolist()
+    links = [
+        {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": float(w)}
+        for t, s, w in zip(targets.tolist(), sources.tolist(), weights, strict=True)
+        if s in nodes and t in nodes
+    ]
+    linked = {link["source"] for link in links} | {link["target"] for link in links}
+    kept = [
+        n
+        for n in nodes.values()
+        if n["node_id"] in linked or n["feature_type"] in FEATURE_TYPES[2:]
+    ]
+    prompt = graph.metadata.get("prompt") or "".join(tok_strs[1:])
+    clt_name = (graph.metadata.get("clt") or {}).get("model_name") or "sae-lens-clt"
+    return {
+        "metadata": {
+            "slug": slug or "attribution-graph",
+            "scan": scan or str(clt_name),
+            "transcoder_list": [],
+            "prompt_tokens": [_token_text(t) for t in tok_strs],
+            "prompt": prompt,
+            "node_threshold": float(node_threshold),
+            "schema_version": 1,
+        },
+        "qParams": {
+            "pinnedIds": [],
+            "supernodes": [],
+            "linkType": "both",
+            "clickedId": "",
+            "sg_pos": "",
+        },
+        "nodes": kept,
+        "links": links,
+    }
+
+
+# ---------------------------------------------------------------------- validation
+def _type_ok(value: Any, types: str | list[str]) -> bool:
+    checks = {
+        "object": lambda v: isinstance(v, dict),
+        "array": lambda v: isinstance(v, list),
+        "string": lambda v: isinstance(v, str),
+        "boolean": lambda v: isinstance(v, bool),
+        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "null": lambda v: v is None,
+    }
+    return any(checks[t](value) for t in ([types] if isinstance(types, str) else types))
+
+
+def _check(value: Any, schema: dict[str, Any], where: str, problems: list[str]) -> None:
+    """A small JSON-schema checker for the subset :data:`GRAPH_JSON_SCHEMA` uses."""
+    if "type" in schema and not _type_ok(value, schema["type"]):
+        problems.append(f"{where}: expected {schema['type']}, got {type(value).__name__}")
+        return
+    if "enum" in schema and value not in schema["enum"]:
+        problems.append(f"{where}: {value!r} not one of {schema['enum']}")
+    if "minimum" in schema and value < schema["minimum"]:
+        problems.append(f"{where}: {value} < {schema['minimum']}")
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                problems.append(f"{where}: missing {key!r}")
+        for key, sub in schema.get("properties", {}).items():
+            if key in value:
+                _check(value[key], sub, f"{where}.{key}", problems)
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            _check(item, schema["items"], f"{where}[{i}]", problems)
+
+
+def validate_graph_json(data: dict[str, Any]) -> None:
+    """Raise ValueError listing every way ``data`` departs from the graph JSON schema."""
+    problems: list[str] = []
+    try:
+        import jsonschema
+    except ImportError:
+        _check(data, GRAPH_JSON_SCHEMA, "$", problems)
+    else:
+        validator = jsonschema.Draft7Validator(GRAPH_JSON_SCHEMA)
+        problems += [
+            f"$.{'.'.join(str(p) for p in e.absolute_path)}: {e.message}"
+            for e in validator.iter_errors(data)
+        ]
+    if not problems:
+        ids = [n["node_id"] for n in data["nodes"]]
+        if len(set(ids)) != len(ids):
+            problems.append("node_id values are not unique")
+        known = set(ids)
+        bad = [ln for ln in data["links"] if ln["source"] not in known or ln["target"] not in known]
+        if bad:
+            problems.append(f"{len(bad)} links refer to unknown nodes, e.g. {bad[0]}")
+    if problems:
+        raise ValueError("invalid graph JSON: " + "; ".join(problems[:10]))
+
+
+def write_graph_json(
+    graph: AttributionGraph,
+    path: str | Path,
+    *,
+    write_graph_metadata: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Validate and write the graph JSON to ``path`` (a ``.json`` file). With
+    ``write_graph_metadata``, also add it to ``graph-metadata.json`` in the same folder,
+    the index circuit-tracer's local server reads. Keyword arguments go to :func:`graph_json`;
+    the slug defaults to the file name."""
+    path = Path(path)
+    kwargs.setdefault("slug", path.stem)
+    data = graph_json(graph, **kwargs)
+    validate_graph_json(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    if write_graph_metadata:
+        index_path = path.parent / "graph-metadata.json"
+        index = json.loads(index_path.read_text()) if index_path.exists() else {"graphs": []}
+        graphs = [g for g in index.get("graphs", []) if g.get("slug") != data["metadata"]["slug"]]
+        index["graphs"] = graphs + [data["metadata"]]
+        index_path.write_text(json.dumps(index, indent=2))
+    return data

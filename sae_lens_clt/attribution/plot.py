@@ -1,0 +1,177 @@
+"""A matplotlib figure of a pruned attribution graph.
+
+Algorithm:
+
+1. Prune (``prune.py``) and keep at most ``max_nodes`` feature / error nodes, the most
+   influential ones. Embeddings sit on the bottom row, logits on the top row, features and
+   errors on their layer's row; x is the token position.
+2. Nodes sharing a (position, layer) cell are spread across the cell, most influential
+   first (crowded cells wrap onto sub-rows). Marker area grows with influence; features are circles, errors grey
+   squares, embeddings and logits labelled squares / diamonds.
+3. Edges are straight lines, blue for positive and red for negative weights, width and
+   opacity growing with ``|weight|`` relative to the target's largest input; the weakest
+   are drawn first so the strong ones stay on top.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from sae_lens_clt.attribution.graph import AttributionGraph
+    from sae_lens_clt.attribution.prune import PruneResult
+
+
+def _short(text: str, n: int = 14) -> str:
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def plot_graph(
+    graph: AttributionGraph,
+    path: str | Path | None = None,
+    *,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    max_nodes: int = 200,
+    labels: Mapping[tuple[int, int], str] | None = None,
+    pruned: PruneResult | None = None,
+    title: str | None = None,
+    max_edges: int = 800,
+    per_cell_row: int = 8,
+) -> Figure:
+    """Draw the pruned graph; save it to ``path`` (png / pdf / svg) when given.
+
+    ``labels`` maps ``(layer, feature)`` to a short feature description. Returns the
+    matplotlib ``Figure``.
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    pruned = pruned if pruned is not None else graph.prune(node_threshold, edge_threshold)
+    labels = labels or {}
+    L, T = graph.n_layers, graph.n_pos
+    influence = pruned.node_influence
+    keep = pruned.node_mask.clone()
+    inner = keep[: graph.embedding_offset].nonzero()[:, 0]
+    if inner.numel() > max_nodes:  # keep the most influential feature / error nodes
+        drop = inner[torch.argsort(influence[inner], descending=True)[max_nodes:]]
+        keep[drop] = False
+    nodes = keep.nonzero()[:, 0].tolist()
+
+    # 1-2. positions: x = token position (+ spread within the cell), y = row
+    cells: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i in nodes:
+        layer, pos = graph.node_layer_pos(i)
+        cells[(pos, layer)].append(i)
+    xy: dict[int, tuple[float, float]] = {}
+    for (pos, layer), members in cells.items():
+        members.sort(key=lambda i: -float(influence[i]))
+        n_rows = -(-len(members) // per_cell_row)  # wrap crowded cells onto sub-rows
+        for k, member in enumerate(members):
+            row, col = divmod(k, per_cell_row)
+            n_cols = min(per_cell_row, len(members) - row * per_cell_row)
+            dx = 0.0 if n_cols == 1 else 0.84 * (col / (n_cols - 1) - 0.5)
+            dy = 0.0 if n_rows == 1 else 0.5 * (row / (n_rows - 1) - 0.5)
+            xy[member] = (pos + dx, layer + dy)
+
+    fig = Figure(figsize=(max(8.0, 1.2 * T + 2), max(5.0, 1.2 * (L + 2) + 1.5)))
+    ax = fig.add_subplot(1, 1, 1)
+
+    # 3. edges: the strongest max_edges, weakest drawn first
+    edges = pruned.edge_mask.clone()
+    edges[~keep] = False
+    edges[:, ~keep] = False
+    tgt, src = edges.nonzero(as_tuple=True)
+    weights = graph.adjacency[tgt, src]
+    row_max = graph.adjacency.abs().max(dim=1).values.clamp(min=1e-10)
+    strength = (weights.abs() / row_max[tgt]).clamp(max=1.0)
+    order = torch.argsort(strength)[-max_edges:].tolist()
+    segments = [(xy[int(src[e])], xy[int(tgt[e])]) for e in order]
+    colors = [
+        to_rgba("tab:blue" if weights[e] > 0 else "tab:red", 0.12 + 0.6 * float(strength[e]))
+        for e in order
+    ]
+    widths = [0.3 + 2.2 * float(strength[e]) for e in order]
+    ax.add_collection(LineCollection(segments, colors=colors, linewidths=widths, zorder=1))
+
+    # nodes
+    infl_max = float(influence[nodes].max()) if nodes else 1.0
+    styles = {
+        "feature": ("o", "tab:orange"),
+        "error": ("s", "0.6"),
+        "embedding": ("s", "tab:green"),
+        "logit": ("D", "tab:purple"),
+    }
+    labelled = sorted(
+        (i for i in nodes if graph.node_kind(i) == "feature"),
+        key=lambda i: -float(influence[i]),
+    )[:30]
+    for i in nodes:
+        kind = graph.node_kind(i)
+        marker, color = styles[kind]
+        size = 25 + 260 * (float(influence[i]) / max(infl_max, 1e-10)) ** 0.5
+        if kind in ("embedding", "logit"):
+            size = 90
+        x, y = xy[i]
+        ax.scatter([x], [y], s=size, marker=marker, c=color, edgecolors="k", lw=0.5, zorder=3)
+        if i in labelled:
+            layer, _, feat = (int(v) for v in graph.active_features[i])
+            text = labels.get((layer, feat), f"{layer}/{feat}")
+            ax.annotate(
+                _short(text, 16), (x, y), xytext=(0, 6), textcoords="offset points",
+                ha="left", fontsize=5.5, rotation=35, zorder=4,
+            )  # fmt: skip
+
+    # tokens along the bottom, logits along the top
+    tok_strs = graph.metadata.get("token_strings") or [str(int(t)) for t in graph.input_tokens]
+    ax.set_xticks(range(T))
+    ax.set_xticklabels([_short(repr(t)[1:-1]) for t in tok_strs], rotation=45, ha="right")
+    logit_strs = graph.metadata.get("logit_token_strings") or [
+        str(int(t)) for t in graph.logit_token_ids
+    ]
+    logit_nodes = [i for i in nodes if graph.node_kind(i) == "logit"]
+    for i in logit_nodes[:6]:  # the most probable logits, labelled above their marker
+        k = i - graph.logit_offset
+        x, y = xy[i]
+        prob = float(graph.logit_probabilities[k])
+        ax.annotate(
+            f"{_short(logit_strs[k])!r} {prob:.2f}", (x, y), xytext=(0, 8),
+            textcoords="offset points", fontsize=7, rotation=60, color="tab:purple", zorder=4,
+        )  # fmt: skip
+    ax.set_yticks(range(-1, L + 1))
+    ax.set_yticklabels(["emb"] + [f"L{layer}" for layer in range(L)] + ["logits"])
+    ax.set_xlim(-0.7, T - 0.3)
+    ax.set_ylim(-1.6, L + 1.4)
+    ax.grid(axis="y", color="0.92", zorder=0)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    legend = [
+        Line2D([], [], marker=m, color="w", markerfacecolor=c, markeredgecolor="k", ms=7, label=k)
+        for k, (m, c) in styles.items()
+    ] + [
+        Line2D([], [], color="tab:blue", label="positive edge"),
+        Line2D([], [], color="tab:red", label="negative edge"),
+    ]
+    ax.legend(handles=legend, loc="upper left", fontsize=7, frameon=False, ncol=3,
+              bbox_to_anchor=(0.0, 1.12))  # fmt: skip
+    n_feat = sum(graph.node_kind(i) == "feature" for i in nodes)
+    prompt = graph.metadata.get("prompt") or ""
+    ax.set_title(
+        title or f"{_short(prompt, 60)!r}: {n_feat} features, {len(tgt)} edges", fontsize=9,
+        loc="right",
+    )  # fmt: skip
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(str(path), dpi=150)
+    return fig
