@@ -137,9 +137,9 @@ class CrossLayerTranscoderConfig(SAEConfig):
 class _SparseDecode(torch.autograd.Function):
     """``out = A @ W`` for a sparse ``A`` given as (rows, cols, values), sparse both ways.
 
-    Forward is a CSR x dense product. Backward gives ``dL/dvalues`` by a sampled
+    Forward is a sparse x dense product. Backward gives ``dL/dvalues`` by a sampled
     dense-dense product (only at the active entries) and ``dL/dW`` by ``Aᵀ @ grad``
-    (CSR again), so no step costs ``n_rows * d_sae * D``. Where the sparse kernels lack a
+    (sparse again), so no step costs ``n_rows * d_sae * D``. Where the sparse kernels lack a
     dtype (half precision on CPU) the same products are done by gathering rows in chunks.
     """
 
@@ -151,8 +151,8 @@ class _SparseDecode(torch.autograd.Function):
         weight: torch.Tensor,  # [F, D]
         n_rows: int,
     ) -> torch.Tensor:  # [n_rows, D]
-        if _has_csr_kernels(weight):
-            return _csr(rows, cols, values, (n_rows, weight.shape[0])) @ weight
+        if _has_sparse_kernels(weight):
+            return torch.sparse.mm(_coo(rows, cols, values, (n_rows, weight.shape[0])), weight)
         return _scatter_rows(weight, cols, rows, values, n_rows)
 
     @staticmethod
@@ -164,10 +164,10 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         values, rows, cols, weight = ctx.saved_tensors
-        csr = _has_csr_kernels(weight)
+        fast = _has_sparse_kernels(weight)
         grad_values = grad_weight = None
         if ctx.needs_input_grad[0]:
-            if csr:
+            if fast:
                 pattern = _csr(rows, cols, torch.zeros_like(values), (ctx.n_rows, weight.shape[0]))
                 grad_values = torch.sparse.sampled_addmm(pattern, grad_out, weight.T).values()
             else:
@@ -178,10 +178,9 @@ class _SparseDecode(torch.autograd.Function):
                     ]
                 )
         if ctx.needs_input_grad[3]:
-            if csr:
-                order = torch.argsort(cols, stable=True)
-                shape = (weight.shape[0], ctx.n_rows)
-                grad_weight = _csr(cols[order], rows[order], values[order], shape) @ grad_out
+            if fast:
+                transposed = _coo(cols, rows, values, (weight.shape[0], ctx.n_rows))
+                grad_weight = torch.sparse.mm(transposed, grad_out)
             else:
                 grad_weight = _scatter_rows(grad_out, rows, cols, values, weight.shape[0])
         return grad_values, None, None, grad_weight, None
@@ -190,7 +189,7 @@ class _SparseDecode(torch.autograd.Function):
 _CHUNK = 4096  # rows gathered at once on the fallback path (bounds its memory)
 
 
-def _has_csr_kernels(t: torch.Tensor) -> bool:
+def _has_sparse_kernels(t: torch.Tensor) -> bool:
     return t.dtype in (torch.float32, torch.float64) or t.device.type == "cuda"
 
 
@@ -203,6 +202,13 @@ def _scatter_rows(
         sl = slice(i, i + _CHUNK)
         out.index_add_(0, dst_idx[sl], src[src_idx[sl]] * values[sl, None])
     return out
+
+
+def _coo(
+    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """Coalesced COO matrix (on CPU its products beat the CSR ones for this shape)."""
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, size).coalesce()
 
 
 def _csr(
@@ -375,14 +381,19 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         lead = feature_acts.shape[:-2]
         acts = feature_acts.to(self.dtype).reshape(-1, L, self.cfg.d_sae)  # [N, L, F]
         n = acts.shape[0]
+        # one nonzero() and one gather for all layers, grouped by source layer
+        layer_idx, rows, cols = acts.detach().transpose(0, 1).nonzero(as_tuple=True)
+        values = acts[rows, layer_idx, cols]  # [nnz]
+        counts = torch.bincount(layer_idx, minlength=L).tolist()
         out = acts.new_zeros(n, L, do)
-        for s in range(L):
-            a_s = acts[:, s]  # [N, F]
-            rows, cols = a_s.detach().nonzero(as_tuple=True)
-            if rows.numel() == 0:
+        start = 0
+        for s, count in enumerate(counts):
+            if count == 0:
                 continue
+            sl = slice(start, start + count)
+            start += count
             w = self.W_dec[s].flatten(1)  # [F, (L-s)*d_out]
-            contrib = _SparseDecode.apply(a_s[rows, cols], rows, cols, w, n)
+            contrib = _SparseDecode.apply(values[sl], rows[sl], cols[sl], w, n)
             out[:, s:] = out[:, s:] + contrib.view(n, L - s, do)
         return self._finish(out.reshape(*lead, L, do), x)
 
