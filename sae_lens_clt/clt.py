@@ -208,7 +208,9 @@ def _coo(
     rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
     """Coalesced COO matrix (on CPU its products beat the CSR ones for this shape)."""
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, size).coalesce()
+    return torch.sparse_coo_tensor(
+        torch.stack([rows, cols]), values, size, check_invariants=False
+    ).coalesce()
 
 
 def _csr(
