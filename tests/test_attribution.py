@@ -30,10 +30,28 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+def toy_tokenizer() -> Any:
+    """A word-level tokenizer over ``<bos> <unk> w0 … w97`` (BOS id 0), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<bos>", "<unk>"] + [f"w{i}" for i in range(98)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<bos>", pad_token="<bos>",
+        unk_token="<unk>", add_bos_token=True, name_or_path="toy",
+    )  # fmt: skip
+
+
 def random_model(
-    n_layers: int = 3, d_model: int = 32, pos: str = "standard", seed: int = 0
+    n_layers: int = 3,
+    d_model: int = 32,
+    pos: str = "standard",
+    seed: int = 0,
+    tokenizer: bool = False,
 ) -> HookedTransformer:
-    """A small random LN transformer with non-uniform attention (no tokenizer)."""
+    """A small random LN transformer with non-uniform attention (vocabulary 100)."""
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=d_model,
@@ -48,7 +66,7 @@ def random_model(
         initializer_range=0.15,
         seed=seed,
     )
-    return HookedTransformer(cfg).eval()
+    return HookedTransformer(cfg, tokenizer=toy_tokenizer() if tokenizer else None).eval()
 
 
 def random_clt(
@@ -345,6 +363,18 @@ def test_load_rejects_other_files(tmp_path) -> None:
     save_file({"x": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="not an attribution graph"):
         AttributionGraph.load(tmp_path / "other.safetensors")
+
+
+def test_string_prompts_get_one_bos() -> None:
+    model = random_model(tokenizer=True)
+    clt = random_clt(model)
+    assert to_tokens(model, "w3 w5 w7").tolist() == [0, 5, 7, 9]
+    assert to_tokens(model, [5, 7, 9]).tolist() == [0, 5, 7, 9]
+    assert to_tokens(model, [0, 5, 7, 9]).tolist() == [0, 5, 7, 9]
+    graph = attribute(model, clt, "w3 w5 w7 w9 w11 w13")
+    assert graph.metadata["token_strings"][:3] == ["<bos>", "w3", "w5"]
+    assert graph.metadata["prompt"] == "w3 w5 w7 w9 w11 w13"
+    assert abs(graph.logit_probabilities.sum().item()) <= 1.0
 
 
 def test_prompt_validation() -> None:

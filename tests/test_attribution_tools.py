@@ -231,3 +231,28 @@ def test_intervene_rejects_mismatched_clt() -> None:
     model = random_model(n_layers=2)
     with pytest.raises(ValueError, match="layers"):
         intervene(model, random_clt(random_model(n_layers=3)), [0, 1, 2], [])
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_writes_graph_json_and_figure(tmp_path, monkeypatch, capsys) -> None:
+    import argparse
+
+    from sae_lens_clt.attribution import cli
+
+    model = random_model(tokenizer=True)
+    monkeypatch.setattr(cli, "load_model_by_name", lambda name, device: model)
+    random_clt(model).save_model(tmp_path / "clt")
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    for clt_arg in (str(tmp_path / "clt"), "random"):
+        args = parser.parse_args(
+            ["attribute", "--clt", clt_arg, "--prompt", "w1 w2 w3 w4 w5 w6 w7",
+             "--out", str(tmp_path / "out"), "--d-sae", "64"]
+        )  # fmt: skip
+        assert args.func(args) == 0
+        printed = capsys.readouterr().out
+        assert "top logits" in printed and "replacement score" in printed
+        loaded = AttributionGraph.load(tmp_path / "out" / "graph.safetensors")
+        assert loaded.n_pos == 8
+        validate_graph_json(json.loads((tmp_path / "out" / "graph.json").read_text()))
+        assert (tmp_path / "out" / "graph.png").stat().st_size > 10_000

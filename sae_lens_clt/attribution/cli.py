@@ -1,0 +1,158 @@
+"""``sae-lens-clt attribute``: trace one prompt, write the graph, its JSON and its figure.
+
+Steps:
+
+1. Load the model (``sae_lens_clt.default_model.load_model`` when available, which also
+   serves TransformerLens names) and the CLT (a folder in the SAELens or circuit-tracer
+   layout, a pretrained name when the package provides ``load_clt``, or ``random`` for a
+   seeded random CLT calibrated on the prompt: only for trying the pipeline).
+2. ``attribute`` the prompt, prune, and write ``graph.safetensors``, ``graph.json`` (plus
+   ``graph-metadata.json`` for circuit-tracer's server) and ``graph.png`` into ``--out``.
+3. Print the top logits, node counts, scores and timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "attribute",
+        help="build an attribution graph for a prompt",
+        description="Trace a prompt through the CLT replacement model: write the graph "
+        "(safetensors), the circuit-tracer / Neuronpedia graph JSON and a figure.",
+    )
+    p.add_argument("--model", default=None, help="model name (default: the embedded model)")
+    p.add_argument(
+        "--clt",
+        required=True,
+        help="a CLT folder (SAELens or circuit-tracer layout), a pretrained CLT name, or "
+        "'random' (a random CLT calibrated on the prompt, to try the pipeline)",
+    )
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--slug", default="graph", help="file stem and JSON slug")
+    p.add_argument("--max-n-logits", type=int, default=10)
+    p.add_argument("--desired-logit-prob", type=float, default=0.95)
+    p.add_argument("--max-feature-nodes", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--node-threshold", type=float, default=0.8)
+    p.add_argument("--edge-threshold", type=float, default=0.98)
+    p.add_argument("--d-sae", type=int, default=512, help="features per layer for --clt random")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run)
+
+
+def load_model_by_name(name: str | None, device: str):
+    """The embedded default model (or any TransformerLens name) via ``load_model``."""
+    try:
+        from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
+    except ImportError:
+        if name is None:
+            raise ValueError("no default model in this install: pass --model NAME") from None
+        from transformer_lens import HookedTransformer
+
+        return HookedTransformer.from_pretrained(name, device=device)
+    return load_model(name or DEFAULT_MODEL, device=device)
+
+
+def load_clt_by_name(name: str, device: str):
+    """A CLT from a folder (either layout) or, when the package provides one, by name."""
+    from sae_lens_clt.clt import CrossLayerTranscoder
+
+    folder = Path(name)
+    if folder.is_dir():
+        if (folder / "cfg.json").exists():
+            return CrossLayerTranscoder.load_from_disk(folder, device=device)
+        return CrossLayerTranscoder.from_circuit_tracer(folder, device=device)
+    import sae_lens_clt
+
+    loader = getattr(sae_lens_clt, "load_clt", None)
+    if loader is None:
+        raise ValueError(
+            f"{name!r} is not a folder, and this install has no pretrained CLT loader: "
+            "pass a folder in the SAELens or circuit-tracer layout"
+        )
+    return loader(name, device=device)
+
+
+@torch.no_grad()
+def random_clt(
+    model, tokens: torch.Tensor, d_sae: int = 512, active_frac: float = 0.02, seed: int = 0
+):
+    """A seeded random CLT over ``model`` whose JumpReLU thresholds leave about
+    ``active_frac`` of the features active on ``tokens [T]`` (for trying the pipeline)."""
+    from sae_lens_clt.clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
+
+    L, d = model.cfg.n_layers, model.cfg.d_model
+    cfg = CrossLayerTranscoderConfig(n_layers=L, d_in=d, d_sae=d_sae, device=str(model.cfg.device))
+    cfg.metadata.model_name = str(model.cfg.model_name)
+    clt = CrossLayerTranscoder(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    clt.W_enc.copy_(torch.randn(L, d, d_sae, generator=gen))
+    for w in clt.W_dec:
+        w.copy_(torch.randn(w.shape, generator=gen) * (0.5 / d**0.5))
+    hooks = [cfg.hook_in(s) for s in range(L)]
+    _, cache = model.run_with_cache(tokens[None], names_filter=lambda n: n in hooks)
+    x = torch.stack([cache[h][0] for h in hooks], dim=1)  # [T, L, d]
+    pre = torch.einsum("tli,lif->tlf", x, clt.W_enc)
+    per_layer = pre.transpose(0, 1).flatten(1).float()  # [L, T * F]
+    q = torch.quantile(per_layer, 1 - active_frac, dim=1)  # one threshold per layer
+    clt.threshold.copy_(q.clamp(min=1e-3)[:, None].expand(L, d_sae))
+    return clt
+
+
+def run(args: argparse.Namespace) -> int:
+    from sae_lens_clt.attribution import attribute, to_tokens
+
+    t0 = time.perf_counter()
+    model = load_model_by_name(args.model, args.device)
+    if args.clt == "random":
+        clt = random_clt(model, to_tokens(model, args.prompt), d_sae=args.d_sae)
+    else:
+        clt = load_clt_by_name(args.clt, args.device)
+    t_load = time.perf_counter() - t0
+    graph = attribute(
+        model,
+        clt,
+        args.prompt,
+        max_n_logits=args.max_n_logits,
+        desired_logit_prob=args.desired_logit_prob,
+        max_feature_nodes=args.max_feature_nodes,
+        batch_size=args.batch_size,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pruned = graph.prune(args.node_threshold, args.edge_threshold)
+    graph.save(out / f"{args.slug}.safetensors")
+    data = graph.to_json(
+        out / f"{args.slug}.json",
+        node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold,
+        pruned=pruned,
+    )
+    graph.plot(out / f"{args.slug}.png", pruned=pruned)
+    scores = graph.scores()
+
+    print(f"prompt: {args.prompt!r} ({graph.n_pos} tokens with BOS)")
+    print("top logits:")
+    for tok, prob in zip(
+        graph.metadata["logit_token_strings"], graph.logit_probabilities.tolist(), strict=True
+    ):
+        print(f"  {tok!r:>16}  p={prob:.3f}")
+    n_kept = int(pruned.node_mask[: graph.n_features].sum())
+    print(
+        f"graph: {graph.metadata['n_active_features']} active features, {graph.n_features} "
+        f"nodes with rows, {n_kept} after pruning; JSON {len(data['nodes'])} nodes, "
+        f"{len(data['links'])} links"
+    )
+    print(f"replacement score {scores.replacement:.3f}, completeness {scores.completeness:.3f}")
+    print(f"time: load {t_load:.2f}s, attribute {graph.metadata['timing_s']['total']:.2f}s")
+    for suffix in ("safetensors", "json", "png"):
+        print(f"wrote {out / f'{args.slug}.{suffix}'}")
+    return 0
