@@ -64,6 +64,8 @@ class CrossLayerTranscoderConfig(SAEConfig):
         return ARCHITECTURE
 
     def __post_init__(self) -> None:
+        if isinstance(self.metadata, dict):  # SAEConfig.from_dict passes the raw dict
+            self.metadata = SAEMetadata(**self.metadata)
         super().__post_init__()
         if self.d_out == 0:
             self.d_out = self.d_in
@@ -87,8 +89,6 @@ class CrossLayerTranscoderConfig(SAEConfig):
             )
         if problems:
             raise ValueError("Invalid CrossLayerTranscoderConfig: " + "; ".join(problems))
-        if isinstance(self.metadata, dict):  # SAEConfig.from_dict passes the raw dict
-            self.metadata = SAEMetadata(**self.metadata)
         if self.metadata.hook_name is None:
             self.metadata.hook_name = DEFAULT_INPUT_HOOK
         if self.metadata.hook_name_out is None:
