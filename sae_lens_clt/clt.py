@@ -242,6 +242,9 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
     b_enc: nn.Parameter
     b_dec: nn.Parameter
     W_dec: nn.ParameterList  # type: ignore[assignment]
+    # Set by a lazy load (sae_lens_clt.pretrained.LazyDecoder): decoder rows are then read
+    # from disk on demand by decoder_rows / decode_sparse, and W_dec holds meta tensors.
+    lazy_decoder: Any = None
 
     def __init__(self, cfg: CrossLayerTranscoderConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term=use_error_term)
@@ -291,14 +294,20 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
                 f"no decoder from layer {source} to layer {target}: a CLT feature read at "
                 f"layer s writes only to layers s..{self.cfg.n_layers - 1}"
             )
+        if self.lazy_decoder is not None:
+            return self.lazy_decoder.block(source, target)
         return self.W_dec[source][:, target - source]
 
     def decoder_rows(self, layer: int, feature_ids: torch.Tensor) -> torch.Tensor:
         """Decoder vectors of some features read at ``layer``: ``[n, L - layer, d_out]``."""
+        if self.lazy_decoder is not None:
+            return self.lazy_decoder.rows(layer, feature_ids)
         return self.W_dec[layer][feature_ids]
 
     def decoder_norms(self) -> torch.Tensor:
         """Norm of each feature's decoder concatenated over its target layers: ``[L, F]``."""
+        if self.lazy_decoder is not None:
+            return self.lazy_decoder.norms()
         return torch.stack([w.flatten(1).norm(dim=1) for w in self.W_dec])
 
     # ------------------------------------------------------------------ encode
@@ -357,6 +366,8 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
 
         ``x`` (the CLT input ``[..., L, d_in]``) is needed only for a skip connection.
         """
+        if self.lazy_decoder is not None:  # the decoder is on disk: read only active rows
+            return self.decode_sparse(feature_acts, x)
         self._check_input(feature_acts, self.cfg.d_sae, "feature activations")
         L, do = self.cfg.n_layers, self.cfg.d_out
         acts = feature_acts.to(self.dtype)
@@ -394,8 +405,13 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
                 continue
             sl = slice(start, start + count)
             start += count
-            w = self.W_dec[s].flatten(1)  # [F, (L-s)*d_out]
-            contrib = _SparseDecode.apply(values[sl], rows[sl], cols[sl], w, n)
+            cols_s = cols[sl]
+            if self.lazy_decoder is not None:  # read the active rows only, index into them
+                active, cols_s = cols_s.unique(return_inverse=True)
+                w = self.lazy_decoder.rows(s, active).flatten(1)  # [n_active, (L-s)*d_out]
+            else:
+                w = self.W_dec[s].flatten(1)  # [F, (L-s)*d_out]
+            contrib = _SparseDecode.apply(values[sl], rows[sl], cols_s, w, n)
             out[:, s:] = out[:, s:] + contrib.view(n, L - s, do)
         return self._finish(out.reshape(*lead, L, do), x)
 
@@ -486,6 +502,27 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         clt.cfg.device = device
         clt.load_state_dict(state_dict, assign=True)
         return clt.to(device=device, dtype=clt.dtype)
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        name_or_repo: str,
+        *,
+        revision: str | None = None,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = None,
+        lazy: bool = False,
+    ) -> CrossLayerTranscoder:
+        """Load a CLT by registry name, ``org/repo[/subfolder]`` Hub id or local folder.
+
+        See :func:`sae_lens_clt.pretrained.from_pretrained` (``lazy=True`` reads decoder
+        rows from disk on demand instead of loading the decoder).
+        """
+        from sae_lens_clt.pretrained import from_pretrained
+
+        return from_pretrained(
+            name_or_repo, revision=revision, device=device, dtype=dtype, lazy=lazy
+        )
 
     def to_circuit_tracer(self, path: str | Path, model_name: str | None = None) -> Path:
         """Write circuit-tracer's layout (``W_enc_{i}``/``W_dec_{i}`` files + ``config.yaml``)."""
