@@ -20,12 +20,14 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; DESIGN.md §3):
    position; active features' pre-activations: ``W_enc[l][:, f]`` at the CLT input of
    layer ``l``, position ``p``.
 4. **Batched backward passes**: a batch of ``B`` targets is one vmapped
-   ``torch.autograd.grad(..., is_grads_batched=True)`` over the retained graph. The
-   gradients at the MLP-output leaves ``G [B, L, T, d]`` and embedding leaves are then
-   contracted with the source vectors: errors by one einsum, embeddings by one dot
-   product per position, features per position with their (activation-scaled,
-   layer-padded) decoder rows, touching only active features. Each batch fills ``B`` rows
-   of ``A`` (rows = targets, columns = sources).
+   ``torch.autograd.grad(..., is_grads_batched=True)`` over the retained graph, asking
+   only for the MLP outputs of layers below the highest target layer (nothing else can
+   reach the targets). The gradients at the MLP-output leaves ``G [T, B, L, d]`` and the
+   embedding leaves are contracted with the source vectors: errors by one einsum,
+   embeddings by one dot product per position, active features block by block (features
+   sharing a source layer and position are contiguous in node order) with their
+   activation-scaled decoder rows, touching only active features. Each batch fills ``B``
+   rows of ``A`` (rows = targets, columns = sources).
 5. **max_feature_nodes**: logit rows come first; then, every ``update_interval`` batches,
    the influence of every active feature on the logits is re-estimated from the rows
    computed so far (``w (B + B² + …)`` over those rows) and the most influential
@@ -233,18 +235,19 @@ class _RowComputer:
             self.pre_values = pre.transpose(0, 1)[layers, pos, feats]  # [n]
             self.enc_vecs = clt.W_enc[layers, :, feats]  # [n, d_in]
             self.errors = errors.transpose(0, 1).contiguous()  # [L, T, d_out]
-            # activation-scaled decoder rows, zero-padded to all L target layers
-            dec = torch.zeros(len(layers), L, clt.cfg.d_out, dtype=clt.dtype)
-            for s in range(L):
-                idx = (layers == s).nonzero()[:, 0]
-                if idx.numel():
-                    rows = clt.decoder_rows(s, feats[idx]) * self.values[idx, None, None]
-                    dec[idx, s:] = rows.to(dec.dtype)
-            self.dec_by_pos = []  # per position: (feature indices, [L*d_out, n_p])
-            for p in range(T):
-                idx = (pos == p).nonzero()[:, 0]
-                if idx.numel():
-                    self.dec_by_pos.append((p, idx, dec[idx].flatten(1).T.contiguous()))
+            # active features sorted by (layer, pos) form contiguous blocks in node order;
+            # per block, the activation-scaled decoder rows, transposed and flattened:
+            # dec_t [(L - s) * d_out, n_block] (target layers s..L-1, layer-major)
+            self.blocks: list[tuple[int, int, int, int, torch.Tensor]] = []
+            keys, counts = torch.unique_consecutive(layers * T + pos, return_counts=True)
+            start = 0
+            for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
+                s, p = divmod(key, T)
+                idx = torch.arange(start, start + count)
+                rows = clt.decoder_rows(s, feats[idx]) * self.values[idx, None, None]
+                dec_t = rows.to(clt.dtype).flatten(1).T.contiguous()
+                self.blocks.append((s, p, start, start + count, dec_t))
+                start += count
             self.embed_vals = fwd.embed_leaf[0].detach()  # [T, d_model]
             self.pos_vals = None if fwd.pos_leaf is None else fwd.pos_leaf[0].detach()
         self.n_features = int(self.active.shape[0])
@@ -262,7 +265,8 @@ class _RowComputer:
         B = n_f + n_l
         outputs, grads = [], []
         f_layers, f_pos = self.layers[feature_ids], self.positions[feature_ids]
-        max_layer = L if n_l else int(f_layers.max()) + 1 if n_f else 0
+        # only MLP outputs of layers < src_end can reach these targets
+        src_end = L if n_l else int(f_layers.max())
         for layer in f_layers.unique().tolist():
             sel = (f_layers == layer).nonzero()[:, 0]
             target = fwd.clt_inputs[layer]
@@ -276,32 +280,33 @@ class _RowComputer:
             g[torch.arange(n_f, B), 0, T - 1] = logit_vecs.to(g.dtype)
             outputs.append(target)
             grads.append(g)
-        inputs = fwd.mlp_out_leaves[:max_layer] + [fwd.embed_leaf]
+        inputs = fwd.mlp_out_leaves[:src_end] + [fwd.embed_leaf]
         if fwd.pos_leaf is not None:
             inputs.append(fwd.pos_leaf)
         got = torch.autograd.grad(
             outputs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
-        d_out = fwd.mlp_out_leaves[0].shape[-1]
-        G = torch.zeros(B, L, T, d_out, dtype=self.errors.dtype)  # grads at MLP outputs
-        for layer in range(max_layer):
+        d_out = self.errors.shape[-1]
+        G = torch.zeros(T, B, src_end, d_out, dtype=self.errors.dtype)  # grads at MLP outputs
+        for layer in range(src_end):
             if got[layer] is not None:
-                G[:, layer] = got[layer][:, 0].to(G.dtype)
-        out = torch.empty(B, self.n_cols, dtype=torch.float32)
-        # features: per source position, all its active features at once
-        G_pos = G.permute(2, 0, 1, 3).reshape(T, B, L * d_out)
-        for p, idx, dec in self.dec_by_pos:
-            out[:, idx] = (G_pos[p] @ dec).float()
+                G[:, :, layer] = got[layer][:, 0].transpose(0, 1).to(G.dtype)
+        out = torch.zeros(B, self.n_cols, dtype=torch.float32)
+        # features: one block (source layer s, position p) at a time, layers s..src_end-1
+        for s, p, start, end, dec_t in self.blocks:
+            if s < src_end:
+                g = G[p, :, s:].reshape(B, -1)  # [B, (src_end - s) * d_out]
+                out[:, start:end] = (g @ dec_t[: g.shape[1]]).float()
         # errors
         nf = self.n_features
-        out[:, nf : nf + L * T] = torch.einsum("bltd,ltd->blt", G, self.errors).reshape(B, -1)
+        err = torch.einsum("tbld,ltd->blt", G, self.errors[:src_end]).reshape(B, -1)
+        out[:, nf : nf + src_end * T] = err.float()
         # embeddings (+ learned positions)
-        emb = torch.zeros(B, T, dtype=torch.float32)
-        if got[max_layer] is not None:
-            emb += (got[max_layer][:, 0] * self.embed_vals).sum(-1).float()
-        if fwd.pos_leaf is not None and got[max_layer + 1] is not None:
-            emb += (got[max_layer + 1][:, 0] * self.pos_vals).sum(-1).float()
-        out[:, nf + L * T :] = emb
+        emb = out[:, nf + L * T :]
+        if got[src_end] is not None:
+            emb += (got[src_end][:, 0] * self.embed_vals).sum(-1).float()
+        if fwd.pos_leaf is not None and got[src_end + 1] is not None:
+            emb += (got[src_end + 1][:, 0] * self.pos_vals).sum(-1).float()
         return out
 
 
@@ -336,7 +341,7 @@ def attribute(
     max_n_logits: int = 10,
     desired_logit_prob: float = 0.95,
     max_feature_nodes: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = 128,
     update_interval: int = 4,
     verbose: bool = False,
 ) -> AttributionGraph:
