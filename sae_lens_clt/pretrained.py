@@ -601,9 +601,15 @@ def _fetch_hub(
         ) from e
     folder = Path(root) / prefix
     if not (folder / "W_enc_0.safetensors").is_file():
+        from huggingface_hub import constants
+
+        offline = " (offline: only files already in the cache are seen)" * bool(
+            constants.HF_HUB_OFFLINE
+        )
         raise CLTFormatError(
             f"{where}: holds neither a SAELens-layout CLT ({CFG_FILENAME}) nor a "
-            "circuit-tracer-layout one (W_enc_{i}.safetensors); check the repo id / subfolder"
+            "circuit-tracer-layout one (W_enc_{i}.safetensors); check the repo id / "
+            f"subfolder{offline}"
         )
     return folder
 

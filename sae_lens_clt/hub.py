@@ -1,0 +1,222 @@
+"""Publishing CLTs to the Hugging Face Hub.
+
+:func:`push_to_hub` ``(clt, repo_id)``:
+
+1. Write one folder holding both layouts side by side, so every ecosystem loads it:
+   ``cfg.json`` + ``sae_weights.safetensors`` (SAELens layout: ``sae_lens.SAE.load_from_disk``
+   once ``sae_lens_clt`` is imported, and :func:`sae_lens_clt.pretrained.from_pretrained`),
+   and ``W_enc_{i}`` / ``W_dec_{i}.safetensors`` + ``config.yaml`` (circuit-tracer layout:
+   ``circuit_tracer``'s ``load_clt(folder)`` and ``ReplacementModel.from_pretrained(model,
+   "org/repo")``, which glob ``W_enc_*.safetensors`` and so ignore the SAELens file).
+   A CLT that circuit-tracer cannot represent (TopK, ``d_in != d_out``) gets the SAELens
+   layout only.
+2. Write ``README.md``, a model card: YAML metadata (``library_name``, ``base_model`` when
+   the model is a Hub id, ``tags``) and a body with hooks, layers, features, the metrics
+   found in ``clt.cfg.metadata`` (L0, NMSE, loss recovered, training tokens) and how to load it.
+3. Unless ``out_dir`` is given (write only), upload it: ``HfApi.create_repo`` (exist_ok),
+   ``HfApi.create_branch`` when ``revision`` is not ``main``, then ``HfApi.upload_folder``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sae_lens_clt import io as clt_io
+from sae_lens_clt.clt import CrossLayerTranscoder
+
+LIBRARY_NAME = "sae-lens-clt"
+TAGS = [
+    "sae-lens-clt",
+    "saelens",
+    "circuit-tracer",
+    "cross-layer-transcoder",
+    "transcoder",
+    "interpretability",
+    "mechanistic-interpretability",
+]
+# metadata keys reported on the model card: (label, candidate keys in clt.cfg.metadata)
+METRICS = [
+    ("L0 (active features per token, all layers)", ("l0", "mean_l0", "L0")),
+    ("NMSE (normalized MSE of the reconstruction)", ("nmse", "NMSE")),
+    (
+        "Loss recovered (CE loss, replacement vs. zero-ablation)",
+        ("loss_recovered", "ce_loss_score"),
+    ),
+    ("Training tokens", ("training_tokens", "n_training_tokens")),
+]
+
+
+@dataclass
+class PushResult:
+    """What :func:`push_to_hub` did: the folder it wrote and, if uploaded, the commit URL."""
+
+    repo_id: str
+    folder: Path | None
+    commit_url: str | None = None
+    layouts: tuple[str, ...] = ()
+
+
+def _circuit_tracer_ok(clt: CrossLayerTranscoder) -> bool:
+    return clt.cfg.d_in == clt.cfg.d_out and clt.cfg.activation_fn != "topk"
+
+
+def write_hub_folder(clt: CrossLayerTranscoder, folder: str | Path, repo_id: str) -> Path:
+    """Write the folder :func:`push_to_hub` uploads (steps 1-2 of the module docstring)."""
+    if clt.lazy_decoder is not None:
+        raise ValueError(
+            "this CLT was loaded with lazy=True, so its decoder is not in memory: load it "
+            "with lazy=False before pushing it"
+        )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clt.save_model(folder)
+    layouts = ["saelens"]
+    if _circuit_tracer_ok(clt):
+        clt.to_circuit_tracer(folder, model_name=clt.cfg.metadata.model_name)
+        layouts.append("circuit_tracer")
+    clt_io.atomic_write_text(folder / "README.md", model_card(clt, repo_id, layouts))
+    return folder
+
+
+def _metric(metadata: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = metadata.get(key) if hasattr(metadata, "get") else None
+        if value is not None:
+            return value
+    return None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def model_card(clt: CrossLayerTranscoder, repo_id: str, layouts: list[str]) -> str:
+    """``README.md`` text: YAML metadata + hooks, shapes, metrics and loading snippets."""
+    c, meta = clt.cfg, clt.cfg.metadata
+    model = meta.model_name
+    card_meta: dict[str, Any] = {"library_name": LIBRARY_NAME}
+    if isinstance(model, str) and "/" in model:
+        card_meta["base_model"] = model
+    card_meta["tags"] = TAGS
+    header = yaml.safe_dump(card_meta, sort_keys=False).strip()
+    rows = [
+        ("Model", f"`{model}`" if model else "unknown"),
+        ("Layers", _fmt(c.n_layers)),
+        ("Features per layer", _fmt(c.d_sae)),
+        ("Features in all", _fmt(c.n_layers * c.d_sae)),
+        ("d_in / d_out", f"{c.d_in} / {c.d_out}"),
+        ("Activation", c.activation_fn + (f" (k={c.k})" if c.activation_fn == "topk" else "")),
+        ("Skip connection", "yes" if c.skip_connection else "no"),
+        ("Input hook (reads)", f"`{c.metadata.hook_name}`"),
+        ("Output hook (writes)", f"`{c.metadata.hook_name_out}`"),
+        ("dtype", c.dtype),
+    ]
+    metrics = [(label, _metric(meta, keys)) for label, keys in METRICS]
+    rows += [(label, _fmt(v)) for label, v in metrics if v is not None]
+    table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    missing = [label.split(" (")[0] for label, v in metrics if v is None]
+    note = f"\n\nNot recorded with this CLT: {', '.join(missing)}." if missing else ""
+    files = "- SAELens layout: `cfg.json` + `sae_weights.safetensors`.\n" + (
+        "- circuit-tracer layout: `W_enc_{i}.safetensors` (`W_enc_{i}` [F, d_model], "
+        "`b_enc_{i}`, `b_dec_{i}`"
+        + (", `threshold_{i}`" if c.activation_fn == "jumprelu" else "")
+        + ") and `W_dec_{i}.safetensors` (`W_dec_{i}` [F, L - i, d_model]) + `config.yaml`.\n"
+        if "circuit_tracer" in layouts
+        else ""
+    )
+    ct_snippet = (
+        f"""
+With circuit-tracer:
+
+```python
+from circuit_tracer import ReplacementModel
+model = ReplacementModel.from_pretrained("{model}", "{repo_id}")
+```
+"""
+        if "circuit_tracer" in layouts
+        else ""
+    )
+    return f"""---
+{header}
+---
+
+# Cross-layer transcoder `{repo_id}`
+
+A cross-layer transcoder (CLT): at every layer it reads the MLP input and its features
+write to the MLP outputs of that layer and all later ones, replacing the model's MLPs by
+sparse, interpretable features (see "Circuit Tracing", Ameisen et al., 2025).
+Published with `sae-lens-clt` (`pip install sae-lens-clt`), a SAELens plugin.
+
+{table}{note}
+
+## Files
+
+{files}
+## How to load it
+
+```python
+import sae_lens_clt
+clt = sae_lens_clt.CrossLayerTranscoder.from_pretrained("{repo_id}")
+# large CLTs: keep the decoder on disk and read active rows only
+clt = sae_lens_clt.CrossLayerTranscoder.from_pretrained("{repo_id}", lazy=True)
+```
+
+With SAELens (after `import sae_lens_clt`, which registers the architecture):
+
+```python
+import sae_lens, sae_lens_clt
+from sae_lens_clt.pretrained import sae_lens_loader
+clt = sae_lens.SAE.from_pretrained("{repo_id}", "clt", converter=sae_lens_loader)
+```
+{ct_snippet}"""
+
+
+def push_to_hub(
+    clt: CrossLayerTranscoder,
+    repo_id: str,
+    *,
+    revision: str = "main",
+    private: bool = False,
+    token: str | None = None,
+    out_dir: str | Path | None = None,
+    commit_message: str | None = None,
+) -> PushResult:
+    """Write ``clt`` in both layouts with a model card and upload it to ``repo_id``.
+
+    With ``out_dir`` the folder is written there and nothing is uploaded. Otherwise it is
+    written to a temporary folder, uploaded to ``revision`` (a branch, created if needed),
+    and deleted.
+    """
+    if repo_id.count("/") != 1:
+        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
+    layouts = ("saelens", "circuit_tracer") if _circuit_tracer_ok(clt) else ("saelens",)
+    if out_dir is not None:
+        folder = write_hub_folder(clt, out_dir, repo_id)
+        return PushResult(repo_id=repo_id, folder=folder, layouts=layouts)
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="sae_lens_clt_push_") as tmp:
+        folder = write_hub_folder(clt, tmp, repo_id)
+        api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision != "main":
+            api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            revision=revision,
+            repo_type="model",
+            commit_message=commit_message or f"Upload CLT with sae-lens-clt ({', '.join(layouts)})",
+        )
+    url = getattr(commit, "commit_url", None) or str(commit)
+    return PushResult(repo_id=repo_id, folder=None, commit_url=url, layouts=layouts)
