@@ -330,6 +330,7 @@ def test_public_release_name_from_cache(tmp_path: Path, hub_cache: Path) -> None
         torch.testing.assert_close(clt(x), reference_forward(raw, x)[1], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # a fresh interpreter importing sae_lens takes 10-30 s on a shared CPU
 def test_hub_cache_with_real_env_vars(tmp_path: Path) -> None:
     """HF_HUB_OFFLINE=1 / HF_HUB_CACHE set in the environment of a fresh interpreter."""
     clt = make_clt(seed=4)

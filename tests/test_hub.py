@@ -1,0 +1,215 @@
+"""Publishing: the pushed folder loads everywhere, the model card, the upload calls."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub
+import pytest
+import sae_lens
+import torch
+import yaml
+
+from sae_lens_clt import CrossLayerTranscoder
+from sae_lens_clt import pretrained as P
+from sae_lens_clt.hub import PushResult, model_card, push_to_hub
+from tests.conftest import make_clt
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a test tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def trained_looking_clt(**kw: Any) -> CrossLayerTranscoder:
+    clt = make_clt(**kw)
+    clt.cfg.metadata.model_name = "google/gemma-2-2b"
+    clt.cfg.metadata.l0 = 12.5
+    clt.cfg.metadata.nmse = 0.123
+    clt.cfg.metadata.loss_recovered = 0.91
+    clt.cfg.metadata.training_tokens = 50_000_000
+    return clt
+
+
+def front_matter(readme: str) -> dict[str, Any]:
+    assert readme.startswith("---\n")
+    return yaml.safe_load(readme.split("---\n")[1])
+
+
+def test_pushed_folder_loads_everywhere(tmp_path: Path) -> None:
+    clt = trained_looking_clt()
+    result = push_to_hub(clt, "me/my-clt", out_dir=tmp_path)
+    assert result == PushResult("me/my-clt", tmp_path, None, ("saelens", "circuit_tracer"))
+    L = clt.cfg.n_layers
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "cfg.json",
+        "sae_weights.safetensors",
+        "config.yaml",
+        "README.md",
+        *(f"W_enc_{i}.safetensors" for i in range(L)),
+        *(f"W_dec_{i}.safetensors" for i in range(L)),
+    }
+    x = torch.randn(7, L, clt.cfg.d_in, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want_acts, want_out = clt.encode(x), clt(x)
+        assert (want_acts > 0).any()
+        for loaded in (
+            P.from_pretrained(str(tmp_path)),
+            P.from_pretrained(str(tmp_path), lazy=True),
+            sae_lens.SAE.load_from_disk(tmp_path),
+        ):
+            assert isinstance(loaded, CrossLayerTranscoder)
+            assert torch.equal(loaded.encode(x), want_acts)
+            torch.testing.assert_close(loaded(x), want_out, atol=1e-6, rtol=1e-6)
+
+        ct = pytest.importorskip("circuit_tracer.transcoder.cross_layer_transcoder")
+        config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+        assert config["model_name"] == "google/gemma-2-2b"
+        for lazy_decoder in (False, True):
+            theirs = ct.load_clt(
+                str(tmp_path),
+                feature_input_hook=config["feature_input_hook"],
+                feature_output_hook=config["feature_output_hook"],
+                device=torch.device("cpu"),
+                dtype=torch.float32,
+                lazy_decoder=lazy_decoder,
+            )
+            their_acts = theirs.encode(x.transpose(0, 1)).transpose(0, 1)  # theirs: [L, pos, d]
+            their_out = theirs(x.transpose(0, 1)).transpose(0, 1)
+            assert torch.equal(their_acts, want_acts)
+            torch.testing.assert_close(their_out, want_out, atol=1e-5, rtol=1e-5)
+
+
+def test_model_card(tmp_path: Path) -> None:
+    clt = trained_looking_clt()
+    push_to_hub(clt, "me/my-clt", out_dir=tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    meta = front_matter(readme)
+    assert meta["library_name"] == "sae-lens-clt"
+    assert meta["base_model"] == "google/gemma-2-2b"
+    assert {"cross-layer-transcoder", "saelens", "circuit-tracer"} <= set(meta["tags"])
+    for text in (
+        "blocks.{layer}.ln2.hook_normalized",
+        "blocks.{layer}.hook_mlp_out",
+        "| Layers | 3 |",
+        "| Features per layer | 24 |",
+        "12.5",
+        "0.123",
+        "0.91",
+        "50,000,000",
+        'CrossLayerTranscoder.from_pretrained("me/my-clt")',
+        'sae_lens.SAE.from_pretrained("me/my-clt", "clt", converter=sae_lens_loader)',
+        "ReplacementModel.from_pretrained",
+    ):
+        assert text in readme, text
+    assert "Not recorded" not in readme
+
+
+def test_model_card_without_metrics_or_hub_model() -> None:
+    clt = make_clt(activation_fn="topk", k=4)  # model_name "test-model": not a Hub id
+    card = model_card(clt, "me/x", ["saelens"])
+    assert "base_model" not in front_matter(card)
+    assert "Not recorded with this CLT: L0, NMSE, Loss recovered, Training tokens" in card
+    assert "ReplacementModel" not in card and "W_enc_{i}" not in card
+
+
+def test_topk_gets_saelens_layout_only(tmp_path: Path) -> None:
+    clt = make_clt(activation_fn="topk", k=4)
+    result = push_to_hub(clt, "me/topk", out_dir=tmp_path)
+    assert result.layouts == ("saelens",)
+    assert not list(tmp_path.glob("W_enc_*"))
+    x = torch.randn(3, 3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(P.from_pretrained(str(tmp_path))(x), clt(x))
+
+
+class FakeCommit:
+    commit_url = "https://huggingface.co/me/my-clt/commit/abc123"
+
+
+@pytest.mark.parametrize("revision", ["main", "v2"])
+def test_upload_calls(monkeypatch: pytest.MonkeyPatch, revision: str) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def create_repo(self: Any, **kw: Any) -> None:
+        calls.append(("create_repo", kw))
+
+    def create_branch(self: Any, **kw: Any) -> None:
+        calls.append(("create_branch", kw))
+
+    def upload_folder(self: Any, **kw: Any) -> FakeCommit:
+        folder = Path(kw["folder_path"])
+        kw["files"] = sorted(p.name for p in folder.iterdir())  # what would be uploaded
+        kw["token"] = self.token
+        calls.append(("upload_folder", kw))
+        return FakeCommit()
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_branch", create_branch)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    clt = trained_looking_clt()
+    result = push_to_hub(clt, "me/my-clt", revision=revision, private=True, token="hf_x")
+    assert result.commit_url == FakeCommit.commit_url and result.folder is None
+    names = [c[0] for c in calls]
+    assert names == [
+        "create_repo",
+        *(["create_branch"] if revision != "main" else []),
+        "upload_folder",
+    ]
+    assert calls[0][1] == {
+        "repo_id": "me/my-clt",
+        "private": True,
+        "exist_ok": True,
+        "repo_type": "model",
+    }
+    if revision != "main":
+        assert calls[1][1] == {"repo_id": "me/my-clt", "branch": "v2", "exist_ok": True}
+    up = calls[-1][1]
+    assert up["repo_id"] == "me/my-clt" and up["revision"] == revision
+    assert up["repo_type"] == "model" and up["token"] == "hf_x"
+    assert {
+        "cfg.json",
+        "sae_weights.safetensors",
+        "config.yaml",
+        "README.md",
+        "W_enc_0.safetensors",
+        "W_dec_2.safetensors",
+    } <= set(up["files"])
+    assert not Path(up["folder_path"]).exists()  # the temporary folder is cleaned up
+
+
+def test_bad_repo_id_and_lazy_clt(tmp_path: Path) -> None:
+    clt = make_clt()
+    with pytest.raises(ValueError, match="org/name"):
+        push_to_hub(clt, "no-org", out_dir=tmp_path / "a")
+    clt.save_model(tmp_path / "b")
+    lazy = P.from_pretrained(str(tmp_path / "b"), lazy=True)
+    with pytest.raises(ValueError, match="lazy=True"):
+        push_to_hub(lazy, "me/x", out_dir=tmp_path / "c")
+
+
+def test_cli_push_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sae_lens_clt.commands import push as push_cmd
+
+    clt = make_clt()
+    clt.to_circuit_tracer(tmp_path / "src")
+    parser = argparse.ArgumentParser()
+    push_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["push", str(tmp_path / "src"), "me/cli-clt", "--out", str(tmp_path / "out")]
+    )
+    assert args.func(args) == 0
+    assert "nothing uploaded" in capsys.readouterr().out
+    x = torch.randn(4, 3, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sae_lens.SAE.load_from_disk(tmp_path / "out")(x), clt(x), atol=1e-6, rtol=1e-6
+        )
+    assert "me/cli-clt" in (tmp_path / "out" / "README.md").read_text()
