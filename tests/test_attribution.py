@@ -384,3 +384,13 @@ def test_prompt_validation() -> None:
         attribute(model, clt, [0, 1, 2])
     with pytest.raises(ValueError, match="tokenizer"):
         attribute(model, random_clt(model), "a string")
+
+
+def test_no_active_features_still_exact() -> None:
+    """With every threshold out of reach the graph has only errors, embeddings, logits."""
+    model, clt, prompt = build("standard-pos")
+    with torch.no_grad():
+        clt.threshold.fill_(1e6)
+    graph = attribute(model, clt, prompt, max_feature_nodes=5)
+    assert graph.n_features == 0
+    check_columns(model, clt, prompt, graph, torch.arange(graph.n_nodes - graph.n_logits))

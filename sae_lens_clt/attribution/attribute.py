@@ -221,6 +221,8 @@ class _RowComputer:
     ) -> None:
         L, T = clt.cfg.n_layers, fwd.tokens.numel()
         self.fwd, self.L, self.T = fwd, L, T
+        # contractions in float32 at least, whatever the CLT's dtype
+        dtype = torch.promote_types(fwd.y.dtype, torch.float32)
         with torch.no_grad():
             x = fwd.x.to(clt.dtype)  # [T, L, d_in]
             pre = torch.stack([clt.encode_layer_pre(x[:, s], s) for s in range(L)], dim=1)
@@ -229,12 +231,11 @@ class _RowComputer:
             errors = fwd.y.to(clt.dtype) - clt.decode_sparse(acts, x)  # [T, L, d_out]
             errors[0] = 0.0
             acts_ltf = acts.transpose(0, 1)  # [L, T, F]
-            self.active = acts_ltf.nonzero()  # [n, 3] (layer, pos, feature), sorted
+            self.active = acts_ltf.nonzero().cpu()  # [n, 3] (layer, pos, feature), sorted
             layers, pos, feats = self.active.unbind(1)
-            self.values = acts_ltf[layers, pos, feats]  # [n]
-            self.pre_values = pre.transpose(0, 1)[layers, pos, feats]  # [n]
+            self.values = acts_ltf[layers, pos, feats].float().cpu()  # [n]
             self.enc_vecs = clt.W_enc[layers, :, feats]  # [n, d_in]
-            self.errors = errors.transpose(0, 1).contiguous()  # [L, T, d_out]
+            self.errors = errors.transpose(0, 1).to(dtype).contiguous()  # [L, T, d_out]
             # active features sorted by (layer, pos) form contiguous blocks in node order;
             # per block, the activation-scaled decoder rows, transposed and flattened:
             # dec_t [(L - s) * d_out, n_block] (target layers s..L-1, layer-major)
@@ -244,12 +245,13 @@ class _RowComputer:
             for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
                 s, p = divmod(key, T)
                 idx = torch.arange(start, start + count)
-                rows = clt.decoder_rows(s, feats[idx]) * self.values[idx, None, None]
-                dec_t = rows.to(clt.dtype).flatten(1).T.contiguous()
+                vals = self.values[idx, None, None].to(device=x.device, dtype=dtype)
+                rows = clt.decoder_rows(s, feats[idx].to(x.device)).to(dtype) * vals
+                dec_t = rows.flatten(1).T.contiguous()
                 self.blocks.append((s, p, start, start + count, dec_t))
                 start += count
-            self.embed_vals = fwd.embed_leaf[0].detach()  # [T, d_model]
-            self.pos_vals = None if fwd.pos_leaf is None else fwd.pos_leaf[0].detach()
+            self.embed_vals = fwd.embed_leaf[0].detach().to(dtype)  # [T, d_model]
+            self.pos_vals = None if fwd.pos_leaf is None else fwd.pos_leaf[0].detach().to(dtype)
         self.n_features = int(self.active.shape[0])
         self.n_cols = self.n_features + L * T + T
         self.layers, self.positions = layers, pos
@@ -263,6 +265,8 @@ class _RowComputer:
         fwd, L, T = self.fwd, self.L, self.T
         n_f, n_l = int(feature_ids.numel()), int(logit_vecs.shape[0])
         B = n_f + n_l
+        if B == 0:
+            return torch.zeros(0, self.n_cols)
         outputs, grads = [], []
         f_layers, f_pos = self.layers[feature_ids], self.positions[feature_ids]
         # only MLP outputs of layers < src_end can reach these targets
@@ -270,13 +274,13 @@ class _RowComputer:
         for layer in f_layers.unique().tolist():
             sel = (f_layers == layer).nonzero()[:, 0]
             target = fwd.clt_inputs[layer]
-            g = torch.zeros(B, *target.shape, dtype=target.dtype)
+            g = torch.zeros(B, *target.shape, dtype=target.dtype, device=target.device)
             g[sel, 0, f_pos[sel]] = self.enc_vecs[feature_ids[sel]].to(g.dtype)
             outputs.append(target)
             grads.append(g)
         if n_l:
             target = fwd.unembed_input
-            g = torch.zeros(B, *target.shape, dtype=target.dtype)
+            g = torch.zeros(B, *target.shape, dtype=target.dtype, device=target.device)
             g[torch.arange(n_f, B), 0, T - 1] = logit_vecs.to(g.dtype)
             outputs.append(target)
             grads.append(g)
@@ -287,11 +291,12 @@ class _RowComputer:
             outputs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
         d_out = self.errors.shape[-1]
-        G = torch.zeros(T, B, src_end, d_out, dtype=self.errors.dtype)  # grads at MLP outputs
+        kw = {"dtype": self.errors.dtype, "device": self.errors.device}
+        G = torch.zeros(T, B, src_end, d_out, **kw)  # grads at the MLP outputs
         for layer in range(src_end):
             if got[layer] is not None:
                 G[:, :, layer] = got[layer][:, 0].transpose(0, 1).to(G.dtype)
-        out = torch.zeros(B, self.n_cols, dtype=torch.float32)
+        out = torch.zeros(B, self.n_cols, dtype=torch.float32, device=G.device)
         # features: one block (source layer s, position p) at a time, layers s..src_end-1
         for s, p, start, end, dec_t in self.blocks:
             if s < src_end:
@@ -307,7 +312,7 @@ class _RowComputer:
             emb += (got[src_end][:, 0] * self.embed_vals).sum(-1).float()
         if fwd.pos_leaf is not None and got[src_end + 1] is not None:
             emb += (got[src_end + 1][:, 0] * self.pos_vals).sum(-1).float()
-        return out
+        return out.cpu()
 
 
 def _partial_influence(
@@ -375,6 +380,7 @@ def attribute(
         logit_ids, logit_probs = select_logits(fwd.logits[-1], max_n_logits, desired_logit_prob)
         W_U = model.W_U.detach()  # [d_model, d_vocab]
         logit_vecs = (W_U[:, logit_ids] - W_U.mean(dim=1, keepdim=True)).T  # [k, d_model]
+        logit_ids, logit_probs = logit_ids.cpu(), logit_probs.cpu()
         n_active, n_logits = rc.n_features, int(logit_ids.numel())
         n_keep = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
         no_features = torch.zeros(0, dtype=torch.long)
@@ -455,7 +461,7 @@ def attribute(
     graph = AttributionGraph(
         adjacency=adjacency,
         active_features=rc.active[selected].long(),
-        activation_values=rc.values[selected].float(),
+        activation_values=rc.values[selected],
         logit_token_ids=logit_ids.long(),
         logit_probabilities=logit_probs.float(),
         input_tokens=tokens,
