@@ -14,6 +14,7 @@ import sys
 # subcommand modules, each with add_parser(subparsers)
 SUBCOMMAND_MODULES = [
     "sae_lens_clt.commands.info",
+    "sae_lens_clt.commands.train",
 ]
 
 

@@ -52,5 +52,15 @@ def register_architecture(
 def register_all() -> None:
     """Register every architecture this package ships."""
     from sae_lens_clt.clt import ARCHITECTURE, CrossLayerTranscoder, CrossLayerTranscoderConfig
+    from sae_lens_clt.training.clt_training import (
+        TrainingCrossLayerTranscoder,
+        TrainingCrossLayerTranscoderConfig,
+    )
 
-    register_architecture(ARCHITECTURE, CrossLayerTranscoder, CrossLayerTranscoderConfig)
+    register_architecture(
+        ARCHITECTURE,
+        CrossLayerTranscoder,
+        CrossLayerTranscoderConfig,
+        TrainingCrossLayerTranscoder,
+        TrainingCrossLayerTranscoderConfig,
+    )

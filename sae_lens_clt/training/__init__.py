@@ -1,0 +1,1 @@
+"""CLT training: the training-time CLT, the runner on SAELens' ActivationsStore, checkpoints."""

@@ -1,0 +1,505 @@
+"""``CLTTrainingRunner``: train a CLT on SAELens' multi-hook ActivationsStore.
+
+Algorithm:
+
+1. Load the model (or take the one given) and the dataset; build
+   ``ActivationsStore.from_config_multi_hook`` over the MLP input and MLP output hooks of
+   every layer, so one forward pass gives ``x [N, L, d_in]`` and ``y [N, L, d_out]``, shuffled
+   together by SAELens' mixing buffer. Activations stream; they are never all in memory.
+2. Seed everything, then take ``n_batches_for_norm_estimate`` batches to estimate per-layer
+   scales (mean squared norm -> d) and to start every feature alive.
+3. Train with Adam: loss as in :mod:`sae_lens_clt.training.clt_training`, sparsity
+   coefficient warmed up linearly, learning rate from SAELens' ``get_lr_scheduler``
+   (warm-up, optional decay). Dead features (no activation in ``dead_feature_window``
+   steps) are tracked and pushed back by the pre-activation loss. A non-finite loss stops
+   training with :class:`TrainingDivergedError` before any update.
+4. Checkpoints (``n_checkpoints`` evenly spaced, plus the final one) are written atomically:
+   weights, Adam state, step, token count, data position and RNG state. ``resume`` rebuilds
+   the same data stream from the seed and replays it up to the checkpoint (model forward
+   passes only), so a resumed run sees exactly the batches of an uninterrupted one and ends
+   at the same weights.
+5. The result is an inference :class:`CrossLayerTranscoder` with the scales folded in;
+   ``output_path`` (if set) receives it in the SAELens layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens.training.activations_store import ActivationsStore
+from sae_lens.training.optim import get_lr_scheduler
+from tqdm.auto import tqdm
+
+from sae_lens_clt.clt import DEFAULT_INPUT_HOOK, DEFAULT_OUTPUT_HOOK, CrossLayerTranscoder
+from sae_lens_clt.io import atomic_save_safetensors, atomic_write_text, read_safetensors
+from sae_lens_clt.training.clt_training import (
+    TrainingCrossLayerTranscoder,
+    TrainingCrossLayerTranscoderConfig,
+)
+
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class CLTTrainingRunnerConfig:
+    """Configuration of a CLT training run.
+
+    Names follow SAELens' ``LanguageModelSAERunnerConfig`` wherever they apply. ``d_in``
+    and ``d_out`` are read from the model. ``hook_name`` / ``hook_name_out`` are templates
+    with a ``{layer}`` placeholder.
+    """
+
+    # model and data
+    model_name: str = "sae-lens-clt/tiny-states"
+    dataset_path: str = ""  # "" with the default model: its generated corpus
+    streaming: bool = False
+    context_size: int = 128
+    prepend_bos: bool = True
+    exclude_special_tokens: bool = True  # drop BOS / separator positions from training
+    hook_name: str = DEFAULT_INPUT_HOOK
+    hook_name_out: str = DEFAULT_OUTPUT_HOOK
+    store_batch_size_prompts: int = 16
+    n_batches_in_buffer: int | None = None  # default: a buffer of 4 training batches
+    activations_mixing_fraction: float = 0.5
+    # the CLT
+    d_sae: int = 1024  # features per layer
+    activation_fn: str = "jumprelu"
+    k: int | None = None
+    skip_connection: bool = False
+    cross_layer_decoders: bool = True
+    jumprelu_init_threshold: float = 0.03
+    jumprelu_bandwidth: float = 0.1
+    jumprelu_tanh_scale: float = 4.0
+    l0_coefficient: float = 2e-3
+    l0_warm_up_steps: int | None = None  # default: 25 % of the steps
+    pre_act_loss_coefficient: float | None = 3e-6
+    init_active_fraction: float = 0.05
+    decode_sparse_below: float = 0.05
+    # optimisation
+    training_tokens: int = 2_000_000
+    train_batch_size_tokens: int = 1024
+    lr: float = 1e-3
+    lr_scheduler_name: str = "constant"
+    lr_warm_up_steps: int = 0
+    lr_decay_steps: int | None = None  # default: the last 20 % of the steps
+    lr_end: float | None = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    n_batches_for_norm_estimate: int = 8
+    dead_feature_window: int = 1000  # steps without firing before a feature counts as dead
+    # run
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 42
+    checkpoint_path: str | None = None
+    n_checkpoints: int = 0
+    output_path: str | None = None
+    resume_from_checkpoint: str | None = None
+    log_every_n_steps: int = 10
+    log_to_wandb: bool = False
+    wandb_project: str = "sae_lens_clt"
+    run_name: str | None = None
+    verbose: bool = True
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_training_steps(self) -> int:
+        return max(1, self.training_tokens // self.train_batch_size_tokens)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.training_tokens < self.train_batch_size_tokens:
+            problems.append("training_tokens must be at least train_batch_size_tokens")
+        for name in ("hook_name", "hook_name_out"):
+            if "{layer}" not in getattr(self, name):
+                problems.append(f"{name} must contain '{{layer}}', got {getattr(self, name)!r}")
+        if self.n_batches_in_buffer is None:
+            # SAELens' multi-hook buffer holds n_batches_in_buffer * context_size tokens
+            self.n_batches_in_buffer = -(-4 * self.train_batch_size_tokens // self.context_size)
+        elif self.n_batches_in_buffer * self.context_size < self.train_batch_size_tokens:
+            problems.append(
+                "the activation buffer (n_batches_in_buffer * context_size = "
+                f"{self.n_batches_in_buffer * self.context_size} tokens) must hold at least one "
+                f"training batch ({self.train_batch_size_tokens}); raise n_batches_in_buffer"
+            )
+        if self.n_checkpoints and not self.checkpoint_path:
+            problems.append("n_checkpoints > 0 needs a checkpoint_path")
+        if problems:
+            raise ValueError("Invalid CLTTrainingRunnerConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CLTTrainingRunnerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown CLTTrainingRunnerConfig field(s) {unknown}; valid fields: {sorted(known)}"
+            )
+        return cls(**d)
+
+
+class CLTTrainingRunner:
+    """Train a CLT: ``CLTTrainingRunner(cfg).run()`` returns the inference CLT.
+
+    ``override_model`` (a ``HookedTransformer``) and ``override_dataset`` (a
+    ``datasets.Dataset`` with a ``text`` or ``input_ids`` column) replace loading by name.
+    """
+
+    def __init__(
+        self,
+        cfg: CLTTrainingRunnerConfig,
+        override_model: Any | None = None,
+        override_dataset: Any | None = None,
+    ):
+        self.cfg = cfg
+        self.dataset = override_dataset if override_dataset is not None else self._dataset()
+        self.model = override_model if override_model is not None else self._load_model()
+        self.model.eval()
+        self.n_layers = self.model.cfg.n_layers
+        self.step = 0
+        self.n_tokens = 0
+        self.batches_drawn = 0
+        self.metrics_history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ setup
+    def _load_model(self) -> Any:
+        from sae_lens_clt.default_model import load_model
+
+        return load_model(self.cfg.model_name, device=self.cfg.device)
+
+    def _dataset(self) -> Any:
+        if self.cfg.dataset_path:
+            return self.cfg.dataset_path
+        from sae_lens_clt.default_model import DEFAULT_MODEL, load_default_dataset
+
+        if self.cfg.model_name != DEFAULT_MODEL:
+            raise ValueError(
+                "dataset_path is empty: set it (a Hugging Face dataset name or path) or pass "
+                "override_dataset; only the default model has a built-in dataset"
+            )
+        return load_default_dataset("train")
+
+    def _hook_names(self) -> tuple[list[str], list[str]]:
+        L = self.n_layers
+        ins = [self.cfg.hook_name.format(layer=layer) for layer in range(L)]
+        outs = [self.cfg.hook_name_out.format(layer=layer) for layer in range(L)]
+        missing = [h for h in ins + outs if h not in self.model.hook_dict]
+        if missing:
+            raise ValueError(
+                f"hooks {missing[:3]}... not found in the model; check hook_name / hook_name_out "
+                f"(e.g. {DEFAULT_INPUT_HOOK!r}, {DEFAULT_OUTPUT_HOOK!r})"
+            )
+        return ins, outs
+
+    def _hook_width(self, name: str) -> int:
+        tokens = torch.zeros(1, 2, dtype=torch.long, device=self.cfg.device)
+        _, cache = self.model.run_with_cache(tokens, names_filter=[name])
+        return int(cache[name].shape[-1])
+
+    def _make_store(self) -> ActivationsStore:
+        ins, outs = self._hook_names()
+        d_in, d_out = self._hook_width(ins[0]), self._hook_width(outs[0])
+        self.d_in, self.d_out = d_in, d_out
+        exclude = None
+        if self.cfg.exclude_special_tokens and self.model.tokenizer is not None:
+            special = {
+                self.model.tokenizer.bos_token_id,
+                self.model.tokenizer.eos_token_id,
+                self.model.tokenizer.pad_token_id,
+            } - {None}
+            exclude = torch.tensor(sorted(special), dtype=torch.long, device=self.cfg.device)
+        return ActivationsStore.from_config_multi_hook(
+            self.model,
+            dataset=self.dataset,
+            hook_names=ins + outs,
+            hook_d_ins={**dict.fromkeys(ins, d_in), **dict.fromkeys(outs, d_out)},
+            streaming=self.cfg.streaming,
+            context_size=self.cfg.context_size,
+            n_batches_in_buffer=self.cfg.n_batches_in_buffer,
+            total_training_tokens=self.cfg.training_tokens,
+            store_batch_size_prompts=self.cfg.store_batch_size_prompts,
+            train_batch_size_tokens=self.cfg.train_batch_size_tokens,
+            prepend_bos=self.cfg.prepend_bos,
+            device=self.cfg.device,
+            dtype=self.cfg.dtype,
+            model_kwargs=self.cfg.model_kwargs,
+            exclude_special_tokens=exclude,
+            activations_mixing_fraction=self.cfg.activations_mixing_fraction,
+        )
+
+    def _batches(self, store: ActivationsStore) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(x [B, L, d_in], y [B, L, d_out])`` batches from the multi-hook store."""
+        ins, outs = self._hook_names()
+        for batch in store.get_multi_hook_data_loader():
+            x = torch.stack([batch[h] for h in ins], dim=1)
+            y = torch.stack([batch[h] for h in outs], dim=1)
+            self.batches_drawn += 1
+            yield x, y
+
+    def _make_clt(self) -> TrainingCrossLayerTranscoder:
+        c = self.cfg
+        steps = c.total_training_steps
+        tcfg = TrainingCrossLayerTranscoderConfig(
+            n_layers=self.n_layers,
+            d_in=self.d_in,
+            d_out=self.d_out,
+            d_sae=c.d_sae,
+            activation_fn=c.activation_fn,  # type: ignore[arg-type]
+            k=c.k,
+            skip_connection=c.skip_connection,
+            cross_layer_decoders=c.cross_layer_decoders,
+            jumprelu_init_threshold=c.jumprelu_init_threshold,
+            jumprelu_bandwidth=c.jumprelu_bandwidth,
+            jumprelu_tanh_scale=c.jumprelu_tanh_scale,
+            l0_coefficient=c.l0_coefficient,
+            l0_warm_up_steps=c.l0_warm_up_steps if c.l0_warm_up_steps is not None else steps // 4,
+            pre_act_loss_coefficient=c.pre_act_loss_coefficient,
+            init_active_fraction=c.init_active_fraction,
+            decode_sparse_below=c.decode_sparse_below,
+            device=c.device,
+            dtype=c.dtype,
+        )
+        md = tcfg.metadata
+        md.model_name = c.model_name
+        md.hook_name, md.hook_name_out = c.hook_name, c.hook_name_out
+        md.context_size, md.prepend_bos = c.context_size, c.prepend_bos
+        md.dataset_path = c.dataset_path or "sae_lens_clt default corpus"
+        return TrainingCrossLayerTranscoder(tcfg)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> CrossLayerTranscoder:
+        c = self.cfg
+        torch.manual_seed(c.seed)  # the mixing buffer's shuffles draw from this generator
+        store = self._make_store()
+        batches = self._batches(store)
+        clt = self._make_clt()
+        optimizer = torch.optim.Adam(clt.parameters(), lr=c.lr, betas=(c.adam_beta1, c.adam_beta2))
+        steps = c.total_training_steps
+        decay = c.lr_decay_steps if c.lr_decay_steps is not None else steps // 5
+        scheduler = get_lr_scheduler(
+            c.lr_scheduler_name,
+            optimizer,
+            training_steps=steps,
+            lr=c.lr,
+            warm_up_steps=c.lr_warm_up_steps,
+            decay_steps=decay,
+            lr_end=c.lr_end if c.lr_end is not None else c.lr / 10,
+            num_cycles=1,
+        )
+        steps_since_fired = torch.zeros(self.n_layers, c.d_sae, dtype=torch.long)
+
+        if c.resume_from_checkpoint:
+            steps_since_fired = self._resume(
+                Path(c.resume_from_checkpoint), clt, optimizer, scheduler, batches
+            )
+        else:
+            self._estimate_norms_and_init(clt, batches)
+
+        checkpoint_steps = self._checkpoint_steps(steps)
+        warm = max(1, clt.cfg.l0_warm_up_steps)
+        wandb_run = self._wandb_init()
+        pbar = tqdm(
+            total=steps, initial=self.step, desc="training CLT", disable=not c.verbose, unit="step"
+        )
+        t0 = time.perf_counter()
+        while self.step < steps:
+            x, y = next(batches)
+            x = x.to(clt.dtype) * clt.in_scale[:, None]
+            y = y.to(clt.dtype) * clt.out_scale[:, None]
+            l0_coef = c.l0_coefficient * min(1.0, (self.step + 1) / warm)
+            loss, parts, acts = clt.training_losses(x, y, l0_coef)
+            if not torch.isfinite(loss):
+                pbar.close()
+                last = self._last_checkpoint()
+                raise TrainingDivergedError(
+                    f"loss became {loss.item()} at step {self.step} (parts: "
+                    f"{ {k: v.item() for k, v in parts.items()} }); no update was applied. "
+                    + (f"The last good checkpoint is {last}. " if last else "")
+                    + "Lower lr or l0_coefficient, or check the activations for inf/NaN."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            clt.after_optimizer_step()
+            self.step += 1
+            self.n_tokens += x.shape[0]
+            with torch.no_grad():
+                fired = (acts != 0).any(0).cpu()  # [L, F]
+                steps_since_fired += 1
+                steps_since_fired[fired] = 0
+            if self.step % c.log_every_n_steps == 0 or self.step == steps:
+                m = self._metrics(parts, acts, x, y, clt, steps_since_fired, l0_coef)
+                m["lr"] = scheduler.get_last_lr()[0]
+                m["tokens_per_s"] = self.n_tokens / max(1e-9, time.perf_counter() - t0)
+                self.metrics_history.append(m)
+                pbar.set_postfix(
+                    loss=f"{m['loss']:.3f}", nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}"
+                )
+                if wandb_run is not None:
+                    wandb_run.log(m, step=self.step)
+            pbar.update(1)
+            if self.step in checkpoint_steps:
+                self.save_checkpoint(clt, optimizer, steps_since_fired)
+        pbar.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+        inference = clt.to_inference()
+        md = inference.cfg.metadata
+        md.training_tokens = self.n_tokens
+        md.training_steps = self.step
+        md.training_config = {k: v for k, v in c.to_dict().items() if k != "model_kwargs"}
+        if c.output_path:
+            inference.save_model(c.output_path)
+        self.training_clt = clt
+        return inference
+
+    # ------------------------------------------------------------------ pieces
+    @torch.no_grad()
+    def _estimate_norms_and_init(self, clt: TrainingCrossLayerTranscoder, batches) -> None:
+        xs, ys = [], []
+        for _ in range(self.cfg.n_batches_for_norm_estimate):
+            x, y = next(batches)
+            xs.append(x.float())
+            ys.append(y.float())
+        x, y = torch.cat(xs), torch.cat(ys)
+        # per-layer scalars so that E||x_l||² = d_in and E||y_l||² = d_out
+        clt.in_scale.copy_((self.d_in / x.pow(2).sum(-1).mean(0)).sqrt())
+        clt.out_scale.copy_((self.d_out / y.pow(2).sum(-1).mean(0)).sqrt())
+        clt.initialize_from_data(x * clt.in_scale[:, None])
+
+    @torch.no_grad()
+    def _metrics(self, parts, acts, x, y, clt, steps_since_fired, l0_coef) -> dict[str, float]:
+        y_hat = clt.decode_sparse(acts, x)
+        var = (y - y.mean(0)).pow(2).sum()
+        m = {k: v.item() for k, v in parts.items()}
+        m["loss"] = sum(m.values())
+        m["nmse"] = ((y_hat - y).pow(2).sum() / var).item()
+        m["l0"] = (acts != 0).float().sum(-1).mean().item()
+        m["dead_features"] = int((steps_since_fired >= self.cfg.dead_feature_window).sum())
+        m["l0_coefficient"] = l0_coef
+        m["step"] = self.step
+        m["tokens"] = self.n_tokens
+        return m
+
+    def _checkpoint_steps(self, steps: int) -> set[int]:
+        if not self.cfg.checkpoint_path:
+            return set()
+        n = self.cfg.n_checkpoints
+        chosen = {round(steps * (i + 1) / (n + 1)) for i in range(n)} if n else set()
+        return {s for s in chosen if 0 < s < steps} | {steps}
+
+    def _wandb_init(self) -> Any:
+        if not self.cfg.log_to_wandb:
+            return None
+        try:
+            import wandb
+        except ImportError as e:
+            raise RuntimeError("log_to_wandb=True needs wandb: pip install wandb") from e
+        return wandb.init(
+            project=self.cfg.wandb_project, name=self.cfg.run_name, config=self.cfg.to_dict()
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _last_checkpoint(self) -> Path | None:
+        if not self.cfg.checkpoint_path:
+            return None
+        found = sorted(Path(self.cfg.checkpoint_path).glob("step_*"), key=lambda p: int(p.name[5:]))
+        return found[-1] if found else None
+
+    def save_checkpoint(
+        self,
+        clt: TrainingCrossLayerTranscoder,
+        optimizer: torch.optim.Optimizer,
+        steps_since_fired: torch.Tensor,
+    ) -> Path:
+        """Write ``checkpoint_path/step_{N}`` atomically (temp folder, then rename)."""
+        assert self.cfg.checkpoint_path
+        root = Path(self.cfg.checkpoint_path)
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step_{self.step}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".step_{self.step}.", dir=root))
+        try:
+            tensors = {f"clt.{k}": v for k, v in clt.state_dict().items()}
+            opt = optimizer.state_dict()
+            for idx, state in opt["state"].items():
+                for name, value in state.items():
+                    tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
+            tensors["steps_since_fired"] = steps_since_fired
+            tensors["rng_state"] = torch.get_rng_state()
+            atomic_save_safetensors(tensors, tmp / STATE_TENSORS)
+            state_json = {
+                "step": self.step,
+                "n_tokens": self.n_tokens,
+                "batches_drawn": self.batches_drawn,
+                "optimizer_param_groups": opt["param_groups"],
+                "runner_config": self.cfg.to_dict(),
+                "clt_config": clt.cfg.to_dict(),
+            }
+            atomic_write_text(tmp / STATE_JSON, json.dumps(state_json, indent=2, default=str))
+            clt.save_inference_model(tmp / "clt")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def _resume(self, path: Path, clt, optimizer, scheduler, batches) -> torch.Tensor:
+        """Load a checkpoint and replay the data stream up to it; returns steps_since_fired."""
+        state = json.loads((path / STATE_JSON).read_text())
+        tensors = read_safetensors(path / STATE_TENSORS)
+        clt.load_state_dict(
+            {k[4:]: v for k, v in tensors.items() if k.startswith("clt.")}, strict=True
+        )
+        opt_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, idx, name = key.split(".", 2)
+                opt_state.setdefault(int(idx), {})[name] = value
+        optimizer.load_state_dict(
+            {"state": opt_state, "param_groups": state["optimizer_param_groups"]}
+        )
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(state["step"]):
+                scheduler.step()  # the schedule is a pure function of the step
+        # replay: draw (and drop) the batches the interrupted run had drawn
+        for _ in tqdm(
+            range(state["batches_drawn"]),
+            desc="replaying data stream",
+            disable=not self.cfg.verbose,
+            leave=False,
+        ):
+            next(batches)
+        if not torch.equal(torch.get_rng_state(), tensors["rng_state"]):
+            raise RuntimeError(
+                f"resuming from {path}: the replayed data stream does not match the checkpoint "
+                "(different dataset, seed or settings?); resume with the original config"
+            )
+        self.step, self.n_tokens = state["step"], state["n_tokens"]
+        return tensors["steps_since_fired"].clone()
+
+
+def train_clt(cfg: CLTTrainingRunnerConfig, **overrides: Any) -> CrossLayerTranscoder:
+    """Shortcut for ``CLTTrainingRunner(cfg, **overrides).run()``."""
+    return CLTTrainingRunner(cfg, **overrides).run()

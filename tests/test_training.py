@@ -1,0 +1,286 @@
+"""CLT training: losses, runner on SAELens' ActivationsStore, checkpoints, resume, evals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import sae_lens
+import torch
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import TrainingSAEConfig
+
+from sae_lens_clt import ARCHITECTURE, CrossLayerTranscoder
+from sae_lens_clt.evals import evaluate_clt, token_batches_from_texts
+from sae_lens_clt.training.clt_training import (
+    TrainingCrossLayerTranscoder,
+    TrainingCrossLayerTranscoderConfig,
+)
+from sae_lens_clt.training.runner import (
+    CLTTrainingRunner,
+    CLTTrainingRunnerConfig,
+    TrainingDivergedError,
+)
+from tests.conftest import make_clt, make_text_dataset, make_tiny_lm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(**overrides) -> CLTTrainingRunnerConfig:
+    base = {
+        "model_name": "tiny",
+        "d_sae": 32,
+        "training_tokens": 24 * 128,
+        "train_batch_size_tokens": 128,
+        "context_size": 32,
+        "store_batch_size_prompts": 4,
+        "n_batches_for_norm_estimate": 2,
+        "log_every_n_steps": 4,
+        "lr": 3e-3,
+        "verbose": False,
+        "seed": 7,
+    }
+    return CLTTrainingRunnerConfig(**{**base, **overrides})
+
+
+def run_tiny(cfg: CLTTrainingRunnerConfig) -> tuple[CLTTrainingRunner, CrossLayerTranscoder]:
+    runner = CLTTrainingRunner(
+        cfg, override_model=make_tiny_lm(), override_dataset=make_text_dataset()
+    )
+    return runner, runner.run()
+
+
+def test_registered_for_training() -> None:
+    assert SAE_TRAINING_CLASS_REGISTRY[ARCHITECTURE] == (
+        TrainingCrossLayerTranscoder,
+        TrainingCrossLayerTranscoderConfig,
+    )
+    cfg = TrainingCrossLayerTranscoderConfig(n_layers=2, d_in=8, d_sae=16)
+    again = TrainingSAEConfig.from_dict(cfg.to_dict())
+    assert isinstance(again, TrainingCrossLayerTranscoderConfig)
+    assert again.l0_coefficient == cfg.l0_coefficient
+
+
+def test_losses_match_the_formula() -> None:
+    torch.manual_seed(0)
+    cfg = TrainingCrossLayerTranscoderConfig(
+        n_layers=3, d_in=8, d_sae=16, pre_act_loss_coefficient=0.5
+    )
+    clt = TrainingCrossLayerTranscoder(cfg)
+    x, y = torch.randn(10, 3, 8), torch.randn(10, 3, 8)
+    clt.initialize_from_data(x)
+    loss, parts, acts = clt.training_losses(x, y, l0_coefficient=0.1)
+    with torch.no_grad():
+        z = torch.einsum("nli,lif->nlf", x, clt.W_enc) + clt.b_enc
+        a = z * (z > clt.threshold)
+        norms = torch.stack([w.flatten(1).norm(dim=1) for w in clt.W_dec])  # [L, F]
+        mse = (clt.decode(a) - y).pow(2).sum((1, 2)).mean()
+        tanh = 0.1 * torch.tanh(4.0 * a * norms).sum((1, 2)).mean()
+        pre = 0.5 * ((clt.threshold - z).relu() * norms).sum((1, 2)).mean()
+    torch.testing.assert_close(acts, a)
+    torch.testing.assert_close(parts["mse_loss"], mse)
+    torch.testing.assert_close(parts["l0_loss"], tanh)
+    torch.testing.assert_close(parts["pre_act_loss"], pre)
+    torch.testing.assert_close(loss, mse + tanh + pre)
+    loss.backward()
+    assert clt.threshold.grad is not None and clt.threshold.grad.abs().sum() > 0  # STE
+
+
+def test_init_starts_features_alive() -> None:
+    torch.manual_seed(0)
+    cfg = TrainingCrossLayerTranscoderConfig(
+        n_layers=2, d_in=16, d_sae=64, init_active_fraction=0.1
+    )
+    clt = TrainingCrossLayerTranscoder(cfg)
+    x = torch.randn(2000, 2, 16)
+    clt.initialize_from_data(x)
+    freq = (clt.encode(x) > 0).float().mean(0)  # [L, F]
+    assert (freq > 0).all()
+    assert abs(freq.mean().item() - 0.1) < 0.02
+
+
+def test_per_layer_mode_keeps_only_diagonal_blocks() -> None:
+    cfg = TrainingCrossLayerTranscoderConfig(
+        n_layers=3, d_in=8, d_sae=16, cross_layer_decoders=False
+    )
+    clt = TrainingCrossLayerTranscoder(cfg)
+    x, y = torch.randn(10, 3, 8), torch.randn(10, 3, 8)
+    loss, _, _ = clt.training_losses(x, y, 0.1)
+    loss.backward()
+    torch.optim.Adam(clt.parameters(), lr=0.1).step()
+    clt.after_optimizer_step()
+    for w in clt.W_dec:
+        assert w[:, 1:].abs().sum() == 0 and w[:, 0].abs().sum() > 0
+
+
+def test_save_folds_normalization() -> None:
+    cfg = TrainingCrossLayerTranscoderConfig(n_layers=2, d_in=8, d_sae=16, skip_connection=True)
+    clt = TrainingCrossLayerTranscoder(cfg)
+    with torch.no_grad():
+        clt.in_scale.copy_(torch.tensor([0.5, 3.0]))
+        clt.out_scale.copy_(torch.tensor([2.0, 0.25]))
+        clt.W_skip.normal_()
+    x = torch.randn(5, 2, 8)
+    with torch.no_grad():
+        normalized = clt(x * clt.in_scale[:, None]) / clt.out_scale[:, None]
+        torch.testing.assert_close(clt.to_inference()(x), normalized, atol=1e-5, rtol=1e-5)
+
+
+def test_runner_trains_saves_and_loads(tmp_path: Path) -> None:
+    runner, clt = run_tiny(tiny_cfg(output_path=str(tmp_path / "out")))
+    hist = runner.metrics_history
+    assert hist[-1]["nmse"] < hist[0]["nmse"], hist
+    assert hist[-1]["step"] == 24 and hist[-1]["tokens"] == 24 * 128
+    assert isinstance(clt, CrossLayerTranscoder) and not isinstance(
+        clt, TrainingCrossLayerTranscoder
+    )
+    loaded = sae_lens.SAE.load_from_disk(tmp_path / "out")
+    assert isinstance(loaded, CrossLayerTranscoder)
+    assert loaded.cfg.metadata.training_tokens == 24 * 128
+    assert loaded.cfg.metadata.training_config["d_sae"] == 32
+    x = torch.randn(3, 2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), clt(x))
+    # the saved CLT works on raw activations: it beats predicting the mean on fresh text
+    model = make_tiny_lm()
+    batches = token_batches_from_texts(model, make_text_dataset(20, seed=1)["text"], 32, 8)
+    result = evaluate_clt(model, clt, batches)
+    assert result.nmse < 1.0
+    assert result.n_tokens > 100
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    from tests.test_training import tiny_cfg, run_tiny
+    from sae_lens_clt.training import runner as r
+
+    original = r.CLTTrainingRunner.save_checkpoint
+
+    def save_then_die(self, *args, **kwargs):
+        path = original(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)  # a hard kill right after the first checkpoint
+        return path
+
+    r.CLTTrainingRunner.save_checkpoint = save_then_die
+    run_tiny(tiny_cfg(checkpoint_path={ckpt!r}, n_checkpoints=2))
+    """
+)
+
+
+def test_kill_and_resume_ends_at_same_weights(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    script = KILL_SCRIPT.format(root=str(ROOT), ckpt=str(ckpt))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    saved = sorted(p.name for p in ckpt.iterdir())
+    assert saved == ["step_8"], saved  # killed after the first of checkpoints 8, 16, 24
+    state = json.loads((ckpt / "step_8" / "training_state.json").read_text())
+    assert state["step"] == 8 and state["batches_drawn"] == 2 + 8
+
+    _, resumed = run_tiny(tiny_cfg(resume_from_checkpoint=str(ckpt / "step_8")))
+    _, straight = run_tiny(tiny_cfg())
+    for (name, a), (_, b) in zip(
+        resumed.state_dict().items(), straight.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=f"{name} differs")
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = TrainingCrossLayerTranscoder.training_losses
+    calls = {"n": 0}
+
+    def poisoned(self, x, y, l0_coefficient):
+        calls["n"] += 1
+        if calls["n"] > 10:
+            x = x * float("nan")
+        return original(self, x, y, l0_coefficient)
+
+    monkeypatch.setattr(TrainingCrossLayerTranscoder, "training_losses", poisoned)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 10.*step_8"):
+        run_tiny(tiny_cfg(checkpoint_path=str(ckpt), n_checkpoints=2))
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step_8"]
+    good = CrossLayerTranscoder.load_from_disk(ckpt / "step_8" / "clt")
+    assert all(torch.isfinite(p).all() for p in good.parameters())
+
+
+def test_runner_config_errors() -> None:
+    with pytest.raises(ValueError, match="must contain '\\{layer\\}'"):
+        CLTTrainingRunnerConfig(hook_name="blocks.0.hook_resid_mid")
+    with pytest.raises(ValueError, match="needs a checkpoint_path"):
+        CLTTrainingRunnerConfig(n_checkpoints=2)
+    with pytest.raises(ValueError, match="unknown CLTTrainingRunnerConfig field"):
+        CLTTrainingRunnerConfig.from_dict({"learning_rate": 1.0})
+    runner = CLTTrainingRunner(
+        tiny_cfg(hook_name="blocks.{layer}.nope"),
+        override_model=make_tiny_lm(),
+        override_dataset=make_text_dataset(5),
+    )
+    with pytest.raises(ValueError, match="not found in the model"):
+        runner.run()
+
+
+def test_eval_zero_clt_equals_zero_ablation() -> None:
+    model = make_tiny_lm()
+    clt = make_clt(n_layers=2, d_in=32, d_sae=16, activation_fn="relu")
+    clt.cfg.metadata.hook_name = "blocks.{layer}.ln2.hook_normalized"
+    with torch.no_grad():
+        for w in clt.W_dec:
+            w.zero_()
+        clt.b_dec.zero_()
+    batches = token_batches_from_texts(model, make_text_dataset(8)["text"], 32, 4)
+    r = evaluate_clt(model, clt, batches)
+    assert r.loss_replacement == pytest.approx(r.loss_zero_ablation, rel=1e-6)
+    assert r.fraction_loss_recovered == pytest.approx(0.0, abs=1e-6)
+    assert r.nmse >= 1.0
+    assert 0 <= r.top1_agreement <= 1 and r.kl_to_original > 0
+
+
+def test_cli_train_with_yaml(tmp_path: Path) -> None:
+    import yaml
+
+    from sae_lens_clt.cli import main
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"d_sae": 16, "training_tokens": 2048}))
+    with pytest.raises(SystemExit, match="dataset_path"):
+        # only the default model has a built-in dataset: a clear error, not a traceback
+        main(
+            [
+                "train",
+                "--config",
+                str(cfg),
+                "--model-name",
+                "gpt2",
+                "--output-path",
+                str(tmp_path / "o"),
+            ]
+        )
+
+
+def test_cli_flags_override_yaml(tmp_path: Path) -> None:
+    import yaml
+
+    from sae_lens_clt.commands.train import config_from_args
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"d_sae": 16, "lr": 0.5, "log_to_wandb": False}))
+    from sae_lens_clt.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "--config", str(cfg), "--lr", "0.1", "--log-to-wandb", "--l0-warm-up-steps", "5"]
+    )
+    c = config_from_args(args)
+    assert (c.d_sae, c.lr, c.log_to_wandb, c.l0_warm_up_steps) == (16, 0.1, True, 5)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"learning_rate": 1}))
+    with pytest.raises(SystemExit, match="learning_rate"):
+        config_from_args(build_parser().parse_args(["train", "--config", str(bad)]))
