@@ -15,6 +15,9 @@ import sys
 SUBCOMMAND_MODULES = [
     "sae_lens_clt.commands.info",
     "sae_lens_clt.commands.train",
+    "sae_lens_clt.attribution.cli",
+    "sae_lens_clt.commands.list",
+    "sae_lens_clt.commands.push",
 ]
 
 
