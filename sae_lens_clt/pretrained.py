@@ -728,6 +728,45 @@ def sae_lens_disk_loader(
     return clt.cfg.to_dict(), dict(clt.state_dict())
 
 
+def describe(release: Release) -> Release:
+    """``release`` with missing shapes / model filled from its files when they are local.
+
+    Reads only ``cfg.json`` or safetensors headers; Hub releases are returned unchanged.
+    """
+    folder = release.local_folder()
+    if (
+        folder is None
+        or not folder.is_dir()
+        or None
+        not in (
+            release.n_layers,
+            release.d_sae,
+            release.d_model,
+            release.model,
+        )
+    ):
+        return release
+    try:
+        if detect_layout(folder) == SAELENS_LAYOUT:
+            cfg = clt_io.read_cfg_json(folder)
+            meta = cfg.get("metadata") or {}
+        else:
+            cfg = clt_io.circuit_tracer_cfg_dict(folder)
+            meta = cfg["metadata"]
+    except CLTFormatError:
+        return release
+    filled = asdict(release)
+    for key, value in (
+        ("n_layers", cfg.get("n_layers")),
+        ("d_sae", cfg.get("d_sae")),
+        ("d_model", cfg.get("d_in")),
+        ("model", meta.get("model_name")),
+    ):
+        if filled[key] is None:
+            filled[key] = value
+    return Release(**filled)
+
+
 def release_table() -> list[dict[str, Any]]:
-    """One dict per release (``asdict`` of :class:`Release` plus ``location``)."""
-    return [{**asdict(r), "location": r.location()} for r in get_registry().values()]
+    """One dict per release (:func:`describe`'d :class:`Release` fields plus ``location``)."""
+    return [{**asdict(describe(r)), "location": r.location()} for r in get_registry().values()]

@@ -393,3 +393,14 @@ def test_cli_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "mntss/clt-gemma-2-2b-2.5M" in out and "98,304" in out and "hf://mntss/" in out
     assert P.DEFAULT_CLT in out and "package:sae_lens_clt/data/default_clt" in out
     assert "me/cli-clt" in out and "gpt2" in out
+
+
+def test_describe_fills_local_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(P, "PACKAGE_DIR", tmp_path)
+    assert P.describe(P.get_registry()[P.DEFAULT_CLT]).n_layers is None  # not installed
+    make_clt(n_layers=2, d_sae=40).save_model(tmp_path / "data" / "default_clt")
+    filled = P.describe(P.get_registry()[P.DEFAULT_CLT])
+    assert (filled.n_layers, filled.d_sae, filled.d_model) == (2, 40, 16)
+    assert filled.model == "sae-lens-clt/tiny-states"  # the registry's own value wins
+    row = next(r for r in P.release_table() if r["name"] == P.DEFAULT_CLT)
+    assert row["d_sae"] == 40 and row["location"] == "package:sae_lens_clt/data/default_clt"

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         pretrained.load_releases(path, overwrite=True)
     header = ("name", "model", "layers", "features/layer", "where")
     rows = [header]
-    for r in pretrained.get_registry().values():
+    for r in map(pretrained.describe, pretrained.get_registry().values()):
         where = r.location()
         folder = r.local_folder()
         if folder is not None and not folder.is_dir():

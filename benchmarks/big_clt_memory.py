@@ -1,0 +1,180 @@
+"""Peak RAM of loading a Gemma-2-2B-sized CLT, and rows read by a lazy decoder.
+
+Usage: ``python benchmarks/big_clt_memory.py [--dir DIR] [--keep] [--features 2048]``
+
+1. Build a circuit-tracer-layout CLT with random weights: 26 layers, d_model 2304,
+   2048 features per layer, bf16 (about 3.3 GiB of files), one layer at a time, so building
+   it needs about one layer's decoder (0.25 GB) of RAM, not the whole CLT.
+2. In a fresh subprocess, import ``sae_lens_clt`` (baseline RSS), load the CLT eagerly with
+   :func:`sae_lens_clt.pretrained.from_pretrained` and read the peak RSS
+   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). It must stay below 1.3x the file size.
+3. In another subprocess, load it with ``lazy=True``, encode a batch of random inputs and
+   ``decode_sparse`` its active features. The lazy decoder counts the rows and bytes it
+   read from the ``W_dec_{i}`` files: they must equal the distinct active
+   (layer, feature) pairs and their decoder rows, nothing more.
+4. Check that the eager and lazy reconstructions agree, print a JSON report, delete the
+   files (unless ``--keep``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+N_LAYERS, D_MODEL = 26, 2304
+BATCH = 16  # tokens encoded in the lazy run
+
+
+def build(folder: Path, n_layers: int, d_model: int, d_sae: int, seed: int = 0) -> int:
+    """Write the CLT layer by layer; return the total size of its files in bytes."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    bf = torch.bfloat16
+    for i in range(n_layers):
+        enc = {
+            f"W_enc_{i}": (torch.randn(d_sae, d_model, generator=gen) / d_model**0.5).to(bf),
+            f"b_enc_{i}": torch.zeros(d_sae, dtype=bf),
+            f"b_dec_{i}": (0.01 * torch.randn(d_model, generator=gen)).to(bf),
+            # z ~ N(0, 1) for x ~ N(0, 1): thresholds in [2, 3] keep ~1% of features active
+            f"threshold_{i}": (2.0 + torch.rand(d_sae, generator=gen)).to(bf),
+        }
+        save_file(enc, str(folder / f"W_enc_{i}.safetensors"))
+        del enc
+        dec = torch.empty(d_sae, n_layers - i, d_model, dtype=bf)
+        for a in range(0, d_sae, 256):  # fill in chunks: no float32 copy of the whole layer
+            chunk = torch.randn(min(256, d_sae - a), n_layers - i, d_model, generator=gen)
+            dec[a : a + chunk.shape[0]] = (chunk * 0.02).to(bf)
+        save_file({f"W_dec_{i}": dec}, str(folder / f"W_dec_{i}.safetensors"))
+        del dec
+    (folder / "config.yaml").write_text(
+        "model_name: google/gemma-2-2b\nmodel_kind: cross_layer_transcoder\n"
+        "feature_input_hook: hook_resid_mid\nfeature_output_hook: hook_mlp_out\n"
+    )
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def child(mode: str, folder: Path, out: Path) -> None:
+    """Run in a subprocess: load (eager or lazy), encode + decode a batch, report."""
+    import torch
+
+    from sae_lens_clt.pretrained import from_pretrained
+
+    torch.set_num_threads(1)
+    report: dict[str, float | int | str] = {"mode": mode, "baseline_peak_rss_mb": rss_mb()}
+    t0 = time.perf_counter()
+    clt = from_pretrained(str(folder), lazy=(mode == "lazy"))
+    report["load_s"] = time.perf_counter() - t0
+    report["peak_rss_after_load_mb"] = rss_mb()
+    x = torch.randn(
+        BATCH, clt.cfg.n_layers, clt.cfg.d_in, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        acts = clt.encode(x)  # [BATCH, L, F]
+        recon = clt.decode_sparse(acts)  # [BATCH, L, d]
+        report["encode_decode_s"] = time.perf_counter() - t0
+    active = (acts != 0).any(0)  # [L, F]: features active on some token
+    report["active_pairs"] = int(active.sum())
+    report["active_per_token"] = float((acts != 0).sum() / BATCH)
+    L, d, F = clt.cfg.n_layers, clt.cfg.d_in, clt.cfg.d_sae
+    report["needed_row_bytes"] = int(sum(int(active[s].sum()) * (L - s) * d * 2 for s in range(L)))
+    report["decoder_bytes"] = int(sum(F * (L - s) * d * 2 for s in range(L)))
+    if clt.lazy_decoder is not None:
+        report["rows_read"] = clt.lazy_decoder.rows_read
+        report["bytes_read"] = clt.lazy_decoder.bytes_read
+        report["slice_reads"] = clt.lazy_decoder.reads
+        report["w_dec_is_meta"] = all(w.is_meta for w in clt.W_dec)
+    report["peak_rss_mb"] = rss_mb()
+    torch.save({"acts": acts, "recon": recon}, out)
+    print(json.dumps(report))
+
+
+def run_child(mode: str, folder: Path, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--dir", str(folder), "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{mode} run failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", type=Path, default=None, help="where to build (default: a temp dir)")
+    ap.add_argument("--features", type=int, default=2048, help="features per layer")
+    ap.add_argument("--keep", action="store_true", help="keep the files afterwards")
+    ap.add_argument("--child", choices=["eager", "lazy"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, args.dir, args.out)
+        return 0
+
+    import torch
+
+    root = Path(tempfile.mkdtemp(prefix="big_clt_", dir=args.dir))
+    folder = root / "clt"
+    try:
+        t0 = time.perf_counter()
+        size = build(folder, N_LAYERS, D_MODEL, args.features)
+        build_s = time.perf_counter() - t0
+        print(
+            f"built {size / 2**30:.2f} GiB in {build_s:.0f} s (builder peak RSS {rss_mb():.0f} MB)",
+            file=sys.stderr,
+        )
+        eager = run_child("eager", folder, root / "eager.pt")
+        lazy = run_child("lazy", folder, root / "lazy.pt")
+        a, b = torch.load(root / "eager.pt"), torch.load(root / "lazy.pt")
+        same_acts = torch.equal(a["acts"], b["acts"])
+        max_diff = float((a["recon"].float() - b["recon"].float()).abs().max())
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    file_mb = size / 2**20
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} {platform.processor() or ''} "
+        f"Python {platform.python_version()} torch {torch.__version__}".strip(),
+        "shape": f"{N_LAYERS} layers x {args.features} features x d_model {D_MODEL}, bf16",
+        "file_mb": round(file_mb, 1),
+        "build_s": round(build_s, 1),
+        "builder_peak_rss_mb": round(rss_mb(), 1),
+        "eager": eager,
+        "lazy": lazy,
+        "eager_peak_over_files": round(eager["peak_rss_after_load_mb"] / file_mb, 3),
+        "eager_added_over_files": round(
+            (eager["peak_rss_after_load_mb"] - eager["baseline_peak_rss_mb"]) / file_mb, 3
+        ),
+        "lazy_peak_over_files": round(lazy["peak_rss_mb"] / file_mb, 3),
+        "lazy_read_fraction_of_decoder": lazy["bytes_read"] / lazy["decoder_bytes"],
+        "eager_lazy_same_acts": same_acts,
+        "eager_lazy_recon_max_abs_diff": max_diff,
+    }
+    print(json.dumps(report, indent=2))
+    ok = (
+        report["eager_peak_over_files"] < 1.3
+        and lazy["rows_read"] == lazy["active_pairs"]
+        and lazy["bytes_read"] == lazy["needed_row_bytes"]
+        and same_acts
+        and max_diff < 1e-2
+    )
+    print("PASS" if ok else "FAIL", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
