@@ -21,8 +21,9 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; DESIGN.md §3):
    layer ``l``, position ``p``.
 4. **Batched backward passes**: a batch of ``B`` targets is one vmapped
    ``torch.autograd.grad(..., is_grads_batched=True)`` over the retained graph, asking
-   only for the MLP outputs of layers below the highest target layer (nothing else can
-   reach the targets). The gradients at the MLP-output leaves ``G [T, B, L, d]`` and the
+   only for the MLP outputs of layers below the highest target layer; with causal
+   attention, sources after the last target position are skipped too (nothing else can
+   reach the targets; node order keeps each batch within one or two layers). The gradients at the MLP-output leaves ``G [T, B, L, d]`` and the
    embedding leaves are contracted with the source vectors: errors by one einsum,
    embeddings by one dot product per position, active features block by block (features
    sharing a source layer and position are contiguous in node order) with their
@@ -221,6 +222,8 @@ class _RowComputer:
     ) -> None:
         L, T = clt.cfg.n_layers, fwd.tokens.numel()
         self.fwd, self.L, self.T = fwd, L, T
+        # causal attention: a target at position p sees no source at a position > p
+        self.causal = getattr(model.cfg, "attention_dir", "causal") == "causal"
         # contractions in float32 at least, whatever the CLT's dtype
         dtype = torch.promote_types(fwd.y.dtype, torch.float32)
         with torch.no_grad():
@@ -269,8 +272,9 @@ class _RowComputer:
             return torch.zeros(0, self.n_cols)
         outputs, grads = [], []
         f_layers, f_pos = self.layers[feature_ids], self.positions[feature_ids]
-        # only MLP outputs of layers < src_end can reach these targets
+        # only MLP outputs of layers < src_end, positions < pos_end can reach these targets
         src_end = L if n_l else int(f_layers.max())
+        pos_end = int(f_pos.max()) + 1 if self.causal and not n_l else T
         for layer in f_layers.unique().tolist():
             sel = (f_layers == layer).nonzero()[:, 0]
             target = fwd.clt_inputs[layer]
@@ -292,20 +296,20 @@ class _RowComputer:
         )
         d_out = self.errors.shape[-1]
         kw = {"dtype": self.errors.dtype, "device": self.errors.device}
-        G = torch.zeros(T, B, src_end, d_out, **kw)  # grads at the MLP outputs
+        G = torch.zeros(pos_end, B, src_end, d_out, **kw)  # grads at the MLP outputs
         for layer in range(src_end):
             if got[layer] is not None:
-                G[:, :, layer] = got[layer][:, 0].transpose(0, 1).to(G.dtype)
+                G[:, :, layer] = got[layer][:, 0, :pos_end].transpose(0, 1).to(G.dtype)
         out = torch.zeros(B, self.n_cols, dtype=torch.float32, device=G.device)
         # features: one block (source layer s, position p) at a time, layers s..src_end-1
         for s, p, start, end, dec_t in self.blocks:
-            if s < src_end:
+            if s < src_end and p < pos_end:
                 g = G[p, :, s:].reshape(B, -1)  # [B, (src_end - s) * d_out]
                 out[:, start:end] = (g @ dec_t[: g.shape[1]]).float()
         # errors
         nf = self.n_features
-        err = torch.einsum("tbld,ltd->blt", G, self.errors[:src_end]).reshape(B, -1)
-        out[:, nf : nf + src_end * T] = err.float()
+        err = torch.einsum("tbld,ltd->blt", G, self.errors[:src_end, :pos_end])
+        out[:, nf : nf + src_end * T].view(B, src_end, T)[:, :, :pos_end] = err.float()
         # embeddings (+ learned positions)
         emb = out[:, nf + L * T :]
         if got[src_end] is not None:
