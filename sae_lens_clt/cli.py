@@ -13,6 +13,7 @@ import sys
 
 # subcommand modules, each with add_parser(subparsers)
 SUBCOMMAND_MODULES = [
+    "sae_lens_clt.commands.demo",
     "sae_lens_clt.commands.info",
     "sae_lens_clt.commands.train",
     "sae_lens_clt.attribution.cli",
