@@ -6,6 +6,8 @@
    KL, top-1 agreement).
 3. Write the CLT (SAELens layout, scales folded) to ``sae_lens_clt/data/default_clt`` with
    the evaluation in ``cfg.json``'s metadata, and print the figures.
+4. Compute the feature labels over a sample of the training corpus and cache them next to
+   the CLT (``feature_labels.json``).
 
 Run: ``python scripts/train_default_clt.py [--training-tokens N] [--out DIR]``.
 """
@@ -40,6 +42,15 @@ def held_out_texts(n_docs: int = 400) -> dict[str, list[str]]:
     return texts
 
 
+def label_default_clt(model, clt, folder: Path, n_docs: int = 1500) -> None:
+    """Compute and cache feature labels over a sample of the training corpus."""
+    from sae_lens_clt.default_model import load_default_dataset
+    from sae_lens_clt.labels import compute_labels, save_labels
+
+    texts = load_default_dataset("train")["text"][:n_docs]
+    save_labels(compute_labels(model, clt, texts), folder)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--training-tokens", type=int, default=3_000_000)
@@ -50,10 +61,16 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--checkpoint-path", default=None)
+    p.add_argument("--labels-only", action="store_true", help="only recompute the labels")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.labels_only:
+        from sae_lens_clt.clt import CrossLayerTranscoder
+
+        label_default_clt(load_model(), CrossLayerTranscoder.load_from_disk(args.out), args.out)
+        return
     cfg = CLTTrainingRunnerConfig(
         model_name=DEFAULT_MODEL,
         d_sae=args.d_sae,
@@ -85,6 +102,7 @@ def main() -> None:
     md.trained_by = "scripts/train_default_clt.py"
     clt.save_model(args.out)
     (args.out / "eval.json").write_text(json.dumps(results, indent=2))
+    label_default_clt(model, clt, args.out)
     print(f"trained {runner.n_tokens} tokens in {train_s:.0f}s; saved to {args.out}")
 
 
