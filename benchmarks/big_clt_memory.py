@@ -7,7 +7,10 @@ Usage: ``python benchmarks/big_clt_memory.py [--dir DIR] [--keep] [--features 20
    it needs about one layer's decoder (0.25 GB) of RAM, not the whole CLT.
 2. In a fresh subprocess, import ``sae_lens_clt`` (baseline RSS), load the CLT eagerly with
    :func:`sae_lens_clt.pretrained.from_pretrained` and read the peak RSS
-   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``). It must stay below 1.3x the file size.
+   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, cross-checked with ``VmHWM`` of
+   ``/proc/self/status``). It must stay below 1.3x the file size. Linux carries a parent's
+   ``ru_maxrss`` into its children across fork + exec, so the parent stays small: it never
+   imports torch before the measurements, and the build runs in a subprocess of its own.
 3. In another subprocess, load it with ``lazy=True``, encode a batch of random inputs and
    ``decode_sparse`` its active features. The lazy decoder counts the rows and bytes it
    read from the ``W_dec_{i}`` files: they must equal the distinct active
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -65,7 +69,17 @@ def build(folder: Path, n_layers: int, d_model: int, d_sae: int, seed: int = 0) 
 
 
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process in MB (``ru_maxrss``, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def hwm_mb() -> float:
+    """Peak RSS of this process image in MB (``VmHWM``; not inherited from the parent)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def child(mode: str, folder: Path, out: Path) -> None:
@@ -75,14 +89,18 @@ def child(mode: str, folder: Path, out: Path) -> None:
     from sae_lens_clt.pretrained import from_pretrained
 
     torch.set_num_threads(1)
-    report: dict[str, float | int | str] = {"mode": mode, "baseline_peak_rss_mb": rss_mb()}
+    report: dict[str, float | int | str | bool] = {
+        "mode": mode,
+        "baseline_peak_rss_mb": rss_mb(),
+        "baseline_vmhwm_mb": hwm_mb(),
+    }
     t0 = time.perf_counter()
     clt = from_pretrained(str(folder), lazy=(mode == "lazy"))
     report["load_s"] = time.perf_counter() - t0
     report["peak_rss_after_load_mb"] = rss_mb()
-    x = torch.randn(
-        BATCH, clt.cfg.n_layers, clt.cfg.d_in, generator=torch.Generator().manual_seed(1)
-    )
+    report["vmhwm_after_load_mb"] = hwm_mb()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(BATCH, clt.cfg.n_layers, clt.cfg.d_in, generator=gen)
     with torch.no_grad():
         t0 = time.perf_counter()
         acts = clt.encode(x)  # [BATCH, L, F]
@@ -100,12 +118,15 @@ def child(mode: str, folder: Path, out: Path) -> None:
         report["slice_reads"] = clt.lazy_decoder.reads
         report["w_dec_is_meta"] = all(w.is_meta for w in clt.W_dec)
     report["peak_rss_mb"] = rss_mb()
+    report["vmhwm_mb"] = hwm_mb()
     torch.save({"acts": acts, "recon": recon}, out)
     print(json.dumps(report))
 
 
-def run_child(mode: str, folder: Path, out: Path) -> dict:
+def run_child(mode: str, folder: Path, out: Path, features: int = 0) -> dict:
+    """Run ``--child mode`` in a fresh interpreter and parse its JSON report."""
     cmd = [sys.executable, __file__, "--child", mode, "--dir", str(folder), "--out", str(out)]
+    cmd += ["--features", str(features)] if features else []
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"{mode} run failed:\n{res.stderr[-3000:]}")
@@ -117,56 +138,73 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=None, help="where to build (default: a temp dir)")
     ap.add_argument("--features", type=int, default=2048, help="features per layer")
     ap.add_argument("--keep", action="store_true", help="keep the files afterwards")
-    ap.add_argument("--child", choices=["eager", "lazy"], help=argparse.SUPPRESS)
+    ap.add_argument("--reuse", type=Path, help="measure a CLT folder kept by an earlier --keep")
+    ap.add_argument("--child", choices=["build", "eager", "lazy"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child == "build":
+        t0 = time.perf_counter()
+        size = build(args.dir, N_LAYERS, D_MODEL, args.features)
+        done = {"size": size, "build_s": time.perf_counter() - t0, "peak_rss_mb": rss_mb()}
+        print(json.dumps(done))
+        return 0
     if args.child:
         child(args.child, args.dir, args.out)
         return 0
 
-    import torch
-
     root = Path(tempfile.mkdtemp(prefix="big_clt_", dir=args.dir))
-    folder = root / "clt"
+    folder = args.reuse or root / "clt"
     try:
-        t0 = time.perf_counter()
-        size = build(folder, N_LAYERS, D_MODEL, args.features)
-        build_s = time.perf_counter() - t0
+        if args.reuse:
+            size = sum(p.stat().st_size for p in folder.iterdir())
+            built = {"size": size, "build_s": 0.0, "peak_rss_mb": 0.0}
+        else:
+            built = run_child("build", folder, root / "unused", args.features)
+        size = built["size"]
         print(
-            f"built {size / 2**30:.2f} GiB in {build_s:.0f} s (builder peak RSS {rss_mb():.0f} MB)",
+            f"built {size / 2**30:.2f} GiB in {built['build_s']:.0f} s (builder peak RSS "
+            f"{built['peak_rss_mb']:.0f} MB); parent peak RSS {rss_mb():.0f} MB",
             file=sys.stderr,
         )
         eager = run_child("eager", folder, root / "eager.pt")
         lazy = run_child("lazy", folder, root / "lazy.pt")
+
+        import torch
+
         a, b = torch.load(root / "eager.pt"), torch.load(root / "lazy.pt")
         same_acts = torch.equal(a["acts"], b["acts"])
         max_diff = float((a["recon"].float() - b["recon"].float()).abs().max())
     finally:
+        if args.keep or args.reuse:
+            print(f"kept {folder}", file=sys.stderr)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     file_mb = size / 2**20
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()} {platform.processor() or ''} "
-        f"Python {platform.python_version()} torch {torch.__version__}".strip(),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, torch {torch.__version__}",
         "shape": f"{N_LAYERS} layers x {args.features} features x d_model {D_MODEL}, bf16",
         "file_mb": round(file_mb, 1),
-        "build_s": round(build_s, 1),
-        "builder_peak_rss_mb": round(rss_mb(), 1),
+        "build_s": round(built["build_s"], 1),
+        "builder_peak_rss_mb": round(built["peak_rss_mb"], 1),
         "eager": eager,
         "lazy": lazy,
         "eager_peak_over_files": round(eager["peak_rss_after_load_mb"] / file_mb, 3),
+        "eager_vmhwm_over_files": round(eager["vmhwm_after_load_mb"] / file_mb, 3),
         "eager_added_over_files": round(
-            (eager["peak_rss_after_load_mb"] - eager["baseline_peak_rss_mb"]) / file_mb, 3
+            (eager["vmhwm_after_load_mb"] - eager["baseline_vmhwm_mb"]) / file_mb, 3
         ),
         "lazy_peak_over_files": round(lazy["peak_rss_mb"] / file_mb, 3),
-        "lazy_read_fraction_of_decoder": lazy["bytes_read"] / lazy["decoder_bytes"],
+        "lazy_vmhwm_over_files": round(lazy["vmhwm_mb"] / file_mb, 3),
+        "lazy_read_fraction_of_decoder": round(lazy["bytes_read"] / lazy["decoder_bytes"], 4),
         "eager_lazy_same_acts": same_acts,
         "eager_lazy_recon_max_abs_diff": max_diff,
     }
     print(json.dumps(report, indent=2))
     ok = (
         report["eager_peak_over_files"] < 1.3
+        and report["eager_vmhwm_over_files"] < 1.3
         and lazy["rows_read"] == lazy["active_pairs"]
         and lazy["bytes_read"] == lazy["needed_row_bytes"]
         and same_acts

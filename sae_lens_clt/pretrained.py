@@ -324,8 +324,9 @@ class LazyDecoder:
 
     ``sources[s]`` is ``(file, tensor name)``. Rows are read with
     ``safe_open(file).get_slice(name)[a:b]``, one read per run of consecutive feature ids,
-    so a call costs the bytes of the rows asked for. ``rows_read`` / ``bytes_read`` /
-    ``reads`` count what was read (for tests and benchmarks).
+    so a call costs the bytes of the rows asked for. Files are opened per call and closed
+    after it: safetensors memory-maps them, and a long-lived map would keep every page it
+    ever touched resident. ``rows_read`` / ``bytes_read`` / ``reads`` count what was read.
     """
 
     def __init__(
@@ -340,15 +341,11 @@ class LazyDecoder:
         self.n_layers = len(sources)
         self.d_sae, self.d_out = d_sae, d_out
         self.dtype, self.device = dtype, torch.device(device)
-        self._handles: dict[int, Any] = {}
         self._norms: torch.Tensor | None = None
         self.rows_read = self.bytes_read = self.reads = 0
 
-    def _slice(self, layer: int) -> Any:
-        if layer not in self._handles:
-            path, _ = self.sources[layer]
-            self._handles[layer] = safe_open(str(path), framework="pt", device="cpu")
-        return self._handles[layer].get_slice(self.sources[layer][1])
+    def _open(self, layer: int) -> Any:
+        return safe_open(str(self.sources[layer][0]), framework="pt", device="cpu")
 
     def _count(self, t: torch.Tensor, n_rows: int) -> None:
         self.reads += 1
@@ -365,20 +362,22 @@ class LazyDecoder:
             raise IndexError(f"feature ids must lie in [0, {self.d_sae}), got {ids.tolist()[:8]}")
         unique, inverse = ids.unique(return_inverse=True)  # sorted
         breaks = (torch.nonzero(unique[1:] - unique[:-1] != 1).flatten() + 1).tolist()
-        sl = self._slice(layer)
-        parts = []
-        for a, b in zip([0, *breaks], [*breaks, unique.numel()], strict=True):
-            part = sl[int(unique[a]) : int(unique[b - 1]) + 1]  # [run, L - layer, d_out]
-            self._count(part, b - a)
-            parts.append(part)
-        block = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return block[inverse].to(device=self.device, dtype=self.dtype)
+        block = torch.empty(unique.numel(), width, self.d_out, dtype=self.dtype)
+        with self._open(layer) as f:
+            sl = f.get_slice(self.sources[layer][1])
+            for a, b in zip([0, *breaks], [*breaks, unique.numel()], strict=True):
+                part = sl[int(unique[a]) : int(unique[b - 1]) + 1]  # [run, L - layer, d_out]
+                self._count(part, b - a)
+                block[a:b] = part
+                del part
+        return block[inverse].to(device=self.device)
 
     def block(self, source: int, target: int) -> torch.Tensor:
         """The ``source -> target`` decoder ``[d_sae, d_out]`` (reads that block only)."""
         if not 0 <= source <= target < self.n_layers:
             raise IndexError(f"no decoder from layer {source} to layer {target}")
-        part = self._slice(source)[:, target - source : target - source + 1]
+        with self._open(source) as f:
+            part = f.get_slice(self.sources[source][1])[:, target - source : target - source + 1]
         self._count(part, self.d_sae)
         return part[:, 0].to(device=self.device, dtype=self.dtype)
 
@@ -387,19 +386,17 @@ class LazyDecoder:
         if self._norms is None:
             out = torch.empty(self.n_layers, self.d_sae, dtype=torch.float32)
             for s in range(self.n_layers):
-                sl = self._slice(s)
-                for a in range(0, self.d_sae, chunk):
-                    part = sl[a : a + chunk]
-                    self._count(part, part.shape[0])
-                    out[s, a : a + part.shape[0]] = part.float().flatten(1).norm(dim=1)
+                with self._open(s) as f:
+                    sl = f.get_slice(self.sources[s][1])
+                    for a in range(0, self.d_sae, chunk):
+                        part = sl[a : a + chunk]
+                        self._count(part, part.shape[0])
+                        out[s, a : a + part.shape[0]] = part.float().flatten(1).norm(dim=1)
             self._norms = out
         return self._norms.to(device=self.device, dtype=self.dtype)
 
     def reset_counters(self) -> None:
         self.rows_read = self.bytes_read = self.reads = 0
-
-    def close(self) -> None:
-        self._handles.clear()
 
 
 # ---------------------------------------------------------------------- folder loading
