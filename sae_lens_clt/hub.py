@@ -39,16 +39,16 @@ TAGS = [
     "interpretability",
     "mechanistic-interpretability",
 ]
-# metadata keys reported on the model card: (label, candidate keys in clt.cfg.metadata)
+# metrics reported on the model card: (label, candidate keys), looked up at the top level of
+# clt.cfg.metadata and in each evaluation set of metadata["eval_held_out"] (as written by
+# scripts/train_default_clt.py: {set name: CLTEvalResult.to_dict()})
 METRICS = [
-    ("L0 (active features per token, all layers)", ("l0", "mean_l0", "L0")),
-    ("NMSE (normalized MSE of the reconstruction)", ("nmse", "NMSE")),
-    (
-        "Loss recovered (CE loss, replacement vs. zero-ablation)",
-        ("loss_recovered", "ce_loss_score"),
-    ),
+    ("L0", ("l0", "mean_l0")),
+    ("NMSE", ("nmse",)),
+    ("Loss recovered", ("loss_recovered", "fraction_loss_recovered", "ce_loss_score")),
     ("Training tokens", ("training_tokens", "n_training_tokens")),
 ]
+EVAL_SETS_KEY = "eval_held_out"
 
 
 @dataclass
@@ -83,12 +83,28 @@ def write_hub_folder(clt: CrossLayerTranscoder, folder: str | Path, repo_id: str
     return folder
 
 
-def _metric(metadata: Any, keys: tuple[str, ...]) -> Any:
+def _metric(values: Any, keys: tuple[str, ...]) -> Any:
     for key in keys:
-        value = metadata.get(key) if hasattr(metadata, "get") else None
+        value = values.get(key) if hasattr(values, "get") else None
         if value is not None:
             return value
     return None
+
+
+def _metric_rows(meta: Any) -> tuple[list[tuple[str, str]], list[str]]:
+    """``([(label, value)], [labels recorded nowhere])`` from a CLT's metadata."""
+    rows, found = [], set()
+    sets = meta.get(EVAL_SETS_KEY) if hasattr(meta, "get") else None
+    sources = [("", meta)]
+    if isinstance(sets, dict):
+        sources += [(f" ({name})", v) for name, v in sets.items() if isinstance(v, dict)]
+    for label, keys in METRICS:
+        for suffix, values in sources:
+            value = _metric(values, keys)
+            if value is not None:
+                rows.append((label + suffix, _fmt(value)))
+                found.add(label)
+    return rows, [label for label, _ in METRICS if label not in found]
 
 
 def _fmt(value: Any) -> str:
@@ -120,10 +136,9 @@ def model_card(clt: CrossLayerTranscoder, repo_id: str, layouts: list[str]) -> s
         ("Output hook (writes)", f"`{c.metadata.hook_name_out}`"),
         ("dtype", c.dtype),
     ]
-    metrics = [(label, _metric(meta, keys)) for label, keys in METRICS]
-    rows += [(label, _fmt(v)) for label, v in metrics if v is not None]
+    metric_rows, missing = _metric_rows(meta)
+    rows += metric_rows
     table = "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-    missing = [label.split(" (")[0] for label, v in metrics if v is None]
     note = f"\n\nNot recorded with this CLT: {', '.join(missing)}." if missing else ""
     files = "- SAELens layout: `cfg.json` + `sae_weights.safetensors`.\n" + (
         "- circuit-tracer layout: `W_enc_{i}.safetensors` (`W_enc_{i}` [F, d_model], "

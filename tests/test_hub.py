@@ -112,6 +112,25 @@ def test_model_card(tmp_path: Path) -> None:
     assert "Not recorded" not in readme
 
 
+def test_model_card_eval_sets() -> None:
+    clt = make_clt()
+    clt.cfg.metadata.training_tokens = 2_000_000
+    clt.cfg.metadata.eval_held_out = {
+        "states": {"nmse": 0.25, "l0": 7.5, "fraction_loss_recovered": 0.8},
+        "shakespeare": {"nmse": 0.5, "l0": 9.0},
+    }
+    card = model_card(clt, "me/x", ["saelens"])
+    for row in (
+        "| NMSE (states) | 0.25 |",
+        "| NMSE (shakespeare) | 0.5 |",
+        "| L0 (states) | 7.5 |",
+        "| Loss recovered (states) | 0.8 |",
+        "| Training tokens | 2,000,000 |",
+    ):
+        assert row in card, row
+    assert "Not recorded" not in card
+
+
 def test_model_card_without_metrics_or_hub_model() -> None:
     clt = make_clt(activation_fn="topk", k=4)  # model_name "test-model": not a Hub id
     card = model_card(clt, "me/x", ["saelens"])
