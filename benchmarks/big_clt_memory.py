@@ -123,6 +123,20 @@ def child(mode: str, folder: Path, out: Path) -> None:
     print(json.dumps(report))
 
 
+def circuit_tracer_child(folder: Path) -> None:
+    """Reference: peak RSS of circuit-tracer's own ``load_clt`` (decoder loaded eagerly)."""
+    import torch
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+
+    report = {"mode": "circuit_tracer_load_clt", "baseline_vmhwm_mb": hwm_mb()}
+    t0 = time.perf_counter()
+    load_clt(str(folder), device=torch.device("cpu"), dtype=torch.bfloat16, lazy_decoder=False)
+    report["load_s"] = time.perf_counter() - t0
+    report["peak_rss_after_load_mb"] = rss_mb()
+    report["vmhwm_after_load_mb"] = hwm_mb()
+    print(json.dumps(report))
+
+
 def run_child(mode: str, folder: Path, out: Path, features: int = 0) -> dict:
     """Run ``--child mode`` in a fresh interpreter and parse its JSON report."""
     cmd = [sys.executable, __file__, "--child", mode, "--dir", str(folder), "--out", str(out)]
@@ -139,7 +153,14 @@ def main() -> int:
     ap.add_argument("--features", type=int, default=2048, help="features per layer")
     ap.add_argument("--keep", action="store_true", help="keep the files afterwards")
     ap.add_argument("--reuse", type=Path, help="measure a CLT folder kept by an earlier --keep")
-    ap.add_argument("--child", choices=["build", "eager", "lazy"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--compare-circuit-tracer",
+        action="store_true",
+        help="also measure circuit-tracer's load_clt on the same files",
+    )
+    ap.add_argument(
+        "--child", choices=["build", "eager", "lazy", "circuit_tracer"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child == "build":
@@ -147,6 +168,9 @@ def main() -> int:
         size = build(args.dir, N_LAYERS, D_MODEL, args.features)
         done = {"size": size, "build_s": time.perf_counter() - t0, "peak_rss_mb": rss_mb()}
         print(json.dumps(done))
+        return 0
+    if args.child == "circuit_tracer":
+        circuit_tracer_child(args.dir)
         return 0
     if args.child:
         child(args.child, args.dir, args.out)
@@ -168,6 +192,9 @@ def main() -> int:
         )
         eager = run_child("eager", folder, root / "eager.pt")
         lazy = run_child("lazy", folder, root / "lazy.pt")
+        ct = None
+        if args.compare_circuit_tracer:
+            ct = run_child("circuit_tracer", folder, root / "unused")
 
         import torch
 
@@ -201,6 +228,9 @@ def main() -> int:
         "eager_lazy_same_acts": same_acts,
         "eager_lazy_recon_max_abs_diff": max_diff,
     }
+    if ct is not None:
+        report["circuit_tracer_load_clt"] = ct
+        report["circuit_tracer_peak_over_files"] = round(ct["vmhwm_after_load_mb"] / file_mb, 3)
     print(json.dumps(report, indent=2))
     ok = (
         report["eager_peak_over_files"] < 1.3

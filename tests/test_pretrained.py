@@ -404,3 +404,20 @@ def test_describe_fills_local_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert filled.model == "sae-lens-clt/tiny-states"  # the registry's own value wins
     row = next(r for r in P.release_table() if r["name"] == P.DEFAULT_CLT)
     assert row["d_sae"] == 40 and row["location"] == "package:sae_lens_clt/data/default_clt"
+
+
+def test_attribution_with_lazy_clt_matches_eager(tmp_path: Path) -> None:
+    """Attribution reads decoder rows through decoder_rows / decode_sparse: lazy == eager."""
+    from sae_lens_clt.attribution import attribute
+    from tests.test_attribution import random_clt, random_model
+
+    model = random_model(n_layers=2, d_model=32)
+    clt = random_clt(model, d_sae=48)
+    clt.to_circuit_tracer(tmp_path)
+    lazy = P.from_pretrained(str(tmp_path), lazy=True)
+    prompt = torch.randint(0, model.cfg.d_vocab, (8,), generator=torch.Generator().manual_seed(0))
+    eager_graph = attribute(model, clt, prompt)
+    lazy_graph = attribute(model, lazy, prompt)
+    assert torch.equal(lazy_graph.active_features, eager_graph.active_features)
+    torch.testing.assert_close(lazy_graph.adjacency, eager_graph.adjacency, atol=1e-5, rtol=1e-4)
+    assert lazy.lazy_decoder is not None and lazy.lazy_decoder.rows_read > 0
