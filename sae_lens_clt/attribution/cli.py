@@ -45,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--edge-threshold", type=float, default=0.98)
     p.add_argument("--d-sae", type=int, default=512, help="features per layer for --clt random")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy CPU)"
+    )
     p.set_defaults(func=run)
 
 
@@ -110,6 +113,8 @@ def random_clt(
 def run(args: argparse.Namespace) -> int:
     from sae_lens_clt.attribution import attribute, to_tokens
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = load_model_by_name(args.model, args.device)
     if args.clt == "random":

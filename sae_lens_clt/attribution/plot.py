@@ -84,7 +84,7 @@ def plot_graph(
             dy = 0.0 if n_rows == 1 else 0.5 * (row / (n_rows - 1) - 0.5)
             xy[member] = (pos + dx, layer + dy)
 
-    fig = Figure(figsize=(max(8.0, 1.2 * T + 2), max(5.0, 1.2 * (L + 2) + 1.5)))
+    fig = Figure(figsize=(min(36.0, max(8.0, 1.2 * T + 2)), min(24.0, max(5.0, 1.2 * L + 4))))
     ax = fig.add_subplot(1, 1, 1)
 
     # 3. edges: the strongest max_edges, weakest drawn first
