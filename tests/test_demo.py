@@ -1,0 +1,47 @@
+"""The README's main command on the shipped default model and CLT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sae_lens_clt.default_model import DEFAULT_MODEL_DIR
+from sae_lens_clt.pretrained import PACKAGE_DIR
+
+DEFAULT_CLT_DIR = PACKAGE_DIR / "data" / "default_clt"
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_MODEL_DIR / "model.safetensors").exists()
+    or not (DEFAULT_CLT_DIR / "sae_weights.safetensors").exists(),
+    reason="the shipped default model / CLT are not built yet",
+)
+
+
+def test_demo_validates_the_two_hop_circuit(tmp_path: Path) -> None:
+    from sae_lens_clt.demo import run_demo
+
+    r = run_demo(tmp_path, verbose=False)
+    assert r.top_predictions[0][0] == " Austin"
+    before, after = r.ablation
+    assert after < 0.5 * before, r.ablation  # " Austin" falls sharply
+    assert r.steering[2] == " Sacramento", r.steering  # top-1 after steering
+    assert r.paths and all("Dallas" in names[0] and "Austin" in names[-1] for _, names in r.paths)
+    for key in ("json", "figure"):
+        assert Path(r.files[key]).stat().st_size > 1000
+    data = json.loads(Path(r.files["json"]).read_text())
+    assert any(
+        n.get("clerp") for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"
+    )
+    assert 0 < r.replacement_score <= 1 and 0 < r.completeness_score <= 1
+
+
+def test_default_clt_loads_offline_with_labels() -> None:
+    from sae_lens_clt import DEFAULT_CLT, CrossLayerTranscoder
+    from sae_lens_clt.labels import load_labels
+
+    clt = CrossLayerTranscoder.from_pretrained(DEFAULT_CLT)
+    assert clt.cfg.metadata.model_name == "sae-lens-clt/tiny-states"
+    assert clt.cfg.metadata.training_tokens > 0
+    labels = load_labels(DEFAULT_CLT_DIR)
+    assert labels is not None and len(labels["features"]) == clt.cfg.n_layers * clt.cfg.d_sae
