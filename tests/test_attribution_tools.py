@@ -256,3 +256,21 @@ def test_cli_writes_graph_json_and_figure(tmp_path, monkeypatch, capsys) -> None
         assert loaded.n_pos == 8
         validate_graph_json(json.loads((tmp_path / "out" / "graph.json").read_text()))
         assert (tmp_path / "out" / "graph.png").stat().st_size > 10_000
+
+
+def test_prune_real_graph_invariants() -> None:
+    model, clt, prompt = build("rotary")
+    graph = attribute(model, clt, prompt)
+    result = graph.prune()
+    nodes, edges = result.node_mask, result.edge_mask
+    assert nodes[graph.embedding_offset :].all(), "embeddings and logits always stay"
+    assert not (edges & ~nodes[:, None]).any() and not (edges & ~nodes[None, :]).any()
+    inner = nodes[: graph.embedding_offset].nonzero()[:, 0]
+    assert edges[:, inner].any(0).all(), "every kept feature / error has an outgoing edge"
+    kept_feats = nodes[: graph.n_features].nonzero()[:, 0]
+    assert edges[kept_feats].any(1).all(), "every kept feature has an incoming edge"
+    assert edges[~(graph.adjacency != 0)].sum() == 0, "only real edges are kept"
+    # stricter thresholds keep fewer nodes
+    assert graph.prune(0.5, 0.9).node_mask.sum() <= nodes.sum()
+    scores = graph.scores()
+    assert 0.0 <= scores.replacement <= 1.0 and 0.0 <= scores.completeness <= 1.0

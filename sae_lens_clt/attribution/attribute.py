@@ -372,8 +372,13 @@ def attribute(
     """
     start = time.perf_counter()
     check_compatible(model, clt)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size < 1 or max_n_logits < 1 or not 0.0 < desired_logit_prob <= 1.0:
+        raise ValueError(
+            f"need batch_size >= 1 (got {batch_size}), max_n_logits >= 1 (got {max_n_logits}) "
+            f"and 0 < desired_logit_prob <= 1 (got {desired_logit_prob})"
+        )
+    if max_feature_nodes is not None and max_feature_nodes < 0:
+        raise ValueError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes}")
     tokens = to_tokens(model, prompt)
     T, L = tokens.numel(), clt.cfg.n_layers
 

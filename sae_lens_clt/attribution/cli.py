@@ -16,8 +16,14 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_clt.clt import CrossLayerTranscoder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_model_by_name(name: str | None, device: str):
+def load_model_by_name(name: str | None, device: str) -> HookedTransformer:
     """The embedded default model (or any TransformerLens name) via ``load_model``."""
     try:
         from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
@@ -64,7 +70,7 @@ def load_model_by_name(name: str | None, device: str):
     return load_model(name or DEFAULT_MODEL, device=device)
 
 
-def load_clt_by_name(name: str, device: str):
+def load_clt_by_name(name: str, device: str) -> CrossLayerTranscoder:
     """A CLT from a folder (either layout) or, when the package provides one, by name."""
     from sae_lens_clt.clt import CrossLayerTranscoder
 
@@ -86,8 +92,12 @@ def load_clt_by_name(name: str, device: str):
 
 @torch.no_grad()
 def random_clt(
-    model, tokens: torch.Tensor, d_sae: int = 512, active_frac: float = 0.02, seed: int = 0
-):
+    model: HookedTransformer,
+    tokens: torch.Tensor,
+    d_sae: int = 512,
+    active_frac: float = 0.02,
+    seed: int = 0,
+) -> CrossLayerTranscoder:
     """A seeded random CLT over ``model`` whose JumpReLU thresholds leave about
     ``active_frac`` of the features active on ``tokens [T]`` (for trying the pipeline)."""
     from sae_lens_clt.clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
