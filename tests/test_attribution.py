@@ -394,3 +394,57 @@ def test_no_active_features_still_exact() -> None:
     graph = attribute(model, clt, prompt, max_feature_nodes=5)
     assert graph.n_features == 0
     check_columns(model, clt, prompt, graph, torch.arange(graph.n_nodes - graph.n_logits))
+
+
+# ---------------------------------------------------------------------- circuit-tracer
+def circuit_tracer_graph(
+    model: HookedTransformer, clt: CrossLayerTranscoder, tokens, tmp_path, **kw
+):
+    """circuit-tracer's own graph of the same model, CLT and tokens (its TransformerLens
+    backend; the CLT goes through our circuit-tracer export)."""
+    ct = pytest.importorskip("circuit_tracer")
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
+        TransformerLensReplacementModel,
+    )
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+
+    clt.to_circuit_tracer(tmp_path / "clt")
+    ct_clt = load_clt(
+        str(tmp_path / "clt"), feature_input_hook="mlp.hook_in",
+        feature_output_hook="mlp.hook_out", dtype=torch.float32,
+        device=torch.device("cpu"), lazy_decoder=False,
+    )  # fmt: skip
+    rm = TransformerLensReplacementModel.from_config(model.cfg, ct_clt, tokenizer=model.tokenizer)
+    renamed = {
+        k.replace(".mlp.", ".mlp.old_mlp.").replace("unembed.", "unembed.old_unembed."): v
+        for k, v in model.state_dict().items()
+    }
+    rm.load_state_dict(renamed, strict=False)
+    return ct.attribute(tokens, rm, **kw)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("pos", ["rotary", "standard"])
+def test_matches_circuit_tracer(pos: str, tmp_path) -> None:
+    """Same nodes and edges as circuit-tracer 0.5, except that our embedding nodes also
+    carry the learned positional embedding (DESIGN.md §3), which circuit-tracer leaves out."""
+    model = random_model(pos=pos, tokenizer=True)
+    clt = random_clt(model)
+    tokens = torch.tensor([0] + list(range(5, 18)))
+    ours = attribute(model, clt, tokens)
+    theirs = circuit_tracer_graph(model, clt, tokens, tmp_path, batch_size=64)
+    assert torch.equal(theirs.active_features, ours.active_features)
+    assert torch.equal(theirs.logit_token_ids, ours.logit_token_ids)
+    torch.testing.assert_close(theirs.logit_probabilities, ours.logit_probabilities)
+    columns = torch.arange(ours.n_nodes)
+    if pos == "standard":
+        columns = torch.cat([columns[: ours.embedding_offset], columns[ours.logit_offset :]])
+    scale = ours.adjacency.abs().max().item()
+    torch.testing.assert_close(
+        theirs.adjacency_matrix[:, columns], ours.adjacency[:, columns], atol=1e-5 * scale, rtol=0
+    )
+    # with max_feature_nodes the progressive ranking picks the same features
+    ours = attribute(model, clt, tokens, max_feature_nodes=40, batch_size=16)
+    theirs = circuit_tracer_graph(model, clt, tokens, tmp_path, batch_size=16, max_feature_nodes=40)
+    picked = theirs.active_features[theirs.selected_features]
+    assert torch.equal(picked, ours.active_features)
