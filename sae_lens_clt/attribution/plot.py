@@ -5,8 +5,9 @@ Algorithm:
 1. Prune (``prune.py``) and keep at most ``max_nodes`` feature / error nodes, the most
    influential ones. Embeddings sit on the bottom row, logits on the top row, features and
    errors on their layer's row; x is the token position.
-2. Nodes sharing a (position, layer) cell are spread across the cell, most influential
-   first (crowded cells wrap onto sub-rows). Marker area grows with influence; features are circles, errors grey
+2. Each position gets a column as wide as its most crowded (position, layer) cell needs;
+   nodes of a cell are spread across it, most influential first, crowded cells wrapping
+   onto sub-rows. Marker area grows with influence; features are circles, errors grey
    squares, embeddings and logits labelled squares / diamonds.
 3. Edges are straight lines, blue for positive and red for negative weights, width and
    opacity growing with ``|weight|`` relative to the target's largest input; the weakest
@@ -45,7 +46,7 @@ def plot_graph(
     pruned: PruneResult | None = None,
     title: str | None = None,
     max_edges: int = 800,
-    per_cell_row: int = 8,
+    per_cell_row: int = 12,
 ) -> Figure:
     """Draw the pruned graph; save it to ``path`` (png / pdf / svg) when given.
 
@@ -68,23 +69,32 @@ def plot_graph(
         keep[drop] = False
     nodes = keep.nonzero()[:, 0].tolist()
 
-    # 1-2. positions: x = token position (+ spread within the cell), y = row
+    # 1-2. positions: each token position gets a column as wide as its most crowded
+    # cell needs (crowded cells wrap onto sub-rows); y = row
     cells: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i in nodes:
         layer, pos = graph.node_layer_pos(i)
         cells[(pos, layer)].append(i)
+    widest = [1] * T
+    for (pos, _), members in cells.items():
+        widest[pos] = max(widest[pos], min(len(members), per_cell_row))
+    widths = [max(1.0, 0.22 * n) for n in widest]
+    left = [sum(widths[:p]) for p in range(T)]
+    centers = [left[p] + widths[p] / 2 for p in range(T)]
     xy: dict[int, tuple[float, float]] = {}
     for (pos, layer), members in cells.items():
         members.sort(key=lambda i: -float(influence[i]))
-        n_rows = -(-len(members) // per_cell_row)  # wrap crowded cells onto sub-rows
+        n_rows = -(-len(members) // per_cell_row)
         for k, member in enumerate(members):
             row, col = divmod(k, per_cell_row)
             n_cols = min(per_cell_row, len(members) - row * per_cell_row)
-            dx = 0.0 if n_cols == 1 else 0.84 * (col / (n_cols - 1) - 0.5)
+            span = widths[pos] - 0.35
+            dx = 0.0 if n_cols == 1 else span * (col / (n_cols - 1) - 0.5)
             dy = 0.0 if n_rows == 1 else 0.5 * (row / (n_rows - 1) - 0.5)
-            xy[member] = (pos + dx, layer + dy)
+            xy[member] = (centers[pos] + dx, layer + dy)
 
-    fig = Figure(figsize=(min(36.0, max(8.0, 1.2 * T + 2)), min(24.0, max(5.0, 1.2 * L + 4))))
+    total = sum(widths)
+    fig = Figure(figsize=(min(40.0, max(8.0, 1.1 * total + 2)), min(24.0, max(5.0, 1.2 * L + 4))))
     ax = fig.add_subplot(1, 1, 1)
 
     # 3. edges: the strongest max_edges, weakest drawn first
@@ -134,7 +144,7 @@ def plot_graph(
 
     # tokens along the bottom, logits along the top
     tok_strs = graph.metadata.get("token_strings") or [str(int(t)) for t in graph.input_tokens]
-    ax.set_xticks(range(T))
+    ax.set_xticks(centers)
     ax.set_xticklabels([_short(repr(t)[1:-1]) for t in tok_strs], rotation=45, ha="right")
     logit_strs = graph.metadata.get("logit_token_strings") or [
         str(int(t)) for t in graph.logit_token_ids
@@ -150,7 +160,7 @@ def plot_graph(
         )  # fmt: skip
     ax.set_yticks(range(-1, L + 1))
     ax.set_yticklabels(["emb"] + [f"L{layer}" for layer in range(L)] + ["logits"])
-    ax.set_xlim(-0.7, T - 0.3)
+    ax.set_xlim(-0.2, total + 0.2)
     ax.set_ylim(-1.6, L + 1.4)
     ax.grid(axis="y", color="0.92", zorder=0)
     for side in ("top", "right"):
