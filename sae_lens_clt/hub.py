@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +75,29 @@ def write_hub_folder(clt: CrossLayerTranscoder, folder: str | Path, repo_id: str
         )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    ct_ok = _circuit_tracer_ok(clt)
+    _remove_stale_circuit_tracer_files(folder, clt.cfg.n_layers if ct_ok else 0)
     clt.save_model(folder)
     layouts = ["saelens"]
-    if _circuit_tracer_ok(clt):
+    if ct_ok:
         clt.to_circuit_tracer(folder, model_name=clt.cfg.metadata.model_name)
         layouts.append("circuit_tracer")
     clt_io.atomic_write_text(folder / "README.md", model_card(clt, repo_id, layouts))
     return folder
+
+
+def _remove_stale_circuit_tracer_files(folder: Path, n_layers: int) -> None:
+    """Delete ``W_enc_{i}`` / ``W_dec_{i}`` files with ``i >= n_layers`` left by an earlier write.
+
+    circuit-tracer counts layers by globbing ``W_enc_*.safetensors``, so a leftover file
+    from a deeper CLT would corrupt the folder. ``n_layers=0`` also removes ``config.yaml``.
+    """
+    for path in folder.glob("W_*_*.safetensors"):
+        m = re.fullmatch(r"W_(enc|dec)_(\d+)\.safetensors", path.name)
+        if m and int(m.group(2)) >= n_layers:
+            path.unlink()
+    if n_layers == 0:
+        (folder / clt_io.CT_CONFIG_FILENAME).unlink(missing_ok=True)
 
 
 def _metric(values: Any, keys: tuple[str, ...]) -> Any:

@@ -232,3 +232,22 @@ def test_cli_push_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
             sae_lens.SAE.load_from_disk(tmp_path / "out")(x), clt(x), atol=1e-6, rtol=1e-6
         )
     assert "me/cli-clt" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_rewriting_a_folder_removes_stale_layers(tmp_path: Path) -> None:
+    push_to_hub(make_clt(n_layers=4), "me/x", out_dir=tmp_path)
+    smaller = make_clt(n_layers=2)
+    push_to_hub(smaller, "me/x", out_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("W_enc_*")) == [
+        "W_enc_0.safetensors",
+        "W_enc_1.safetensors",
+    ]
+    x = torch.randn(3, 2, 16)
+    with torch.no_grad():
+        for sub in (
+            P.from_pretrained(str(tmp_path)),
+            CrossLayerTranscoder.from_circuit_tracer(tmp_path),
+        ):
+            torch.testing.assert_close(sub(x), smaller(x))
+    push_to_hub(make_clt(n_layers=2, activation_fn="topk", k=3), "me/x", out_dir=tmp_path)
+    assert not list(tmp_path.glob("W_*")) and not (tmp_path / "config.yaml").exists()
