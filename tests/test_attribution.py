@@ -351,6 +351,7 @@ def test_save_load_roundtrip(tmp_path) -> None:
         assert torch.equal(getattr(loaded, name), getattr(graph, name)), name
     assert loaded.n_layers == graph.n_layers and loaded.metadata == graph.metadata
     assert loaded.adjacency.dtype == torch.float32
+    assert graph.save(tmp_path / "no_suffix").name == "no_suffix.safetensors"
     assert loaded.active_features.dtype == torch.long
     # no pickle anywhere: the file is a safetensors file with a JSON header
     raw = path.read_bytes()

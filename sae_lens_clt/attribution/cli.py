@@ -3,9 +3,9 @@
 Steps:
 
 1. Load the model (``sae_lens_clt.default_model.load_model`` when available, which also
-   serves TransformerLens names) and the CLT (a folder in the SAELens or circuit-tracer
-   layout, a pretrained name when the package provides ``load_clt``, or ``random`` for a
-   seeded random CLT calibrated on the prompt: only for trying the pipeline).
+   serves TransformerLens names) and the CLT (``CrossLayerTranscoder.from_pretrained``:
+   a release name, Hub id or folder; or ``random`` for a seeded random CLT calibrated on
+   the prompt, only for trying the pipeline).
 2. ``attribute`` the prompt, prune, and write ``graph.safetensors``, ``graph.json`` (plus
    ``graph-metadata.json`` for circuit-tracer's server) and ``graph.png`` into ``--out``.
 3. Print the top logits, node counts, scores and timings.
@@ -36,9 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model name (default: the embedded model)")
     p.add_argument(
         "--clt",
-        required=True,
-        help="a CLT folder (SAELens or circuit-tracer layout), a pretrained CLT name, or "
-        "'random' (a random CLT calibrated on the prompt, to try the pipeline)",
+        default=None,
+        help="a pretrained CLT name, a Hub id, a CLT folder (SAELens or circuit-tracer "
+        "layout), or 'random' (a random CLT calibrated on the prompt, to try the pipeline); "
+        "default: the package's default CLT",
     )
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="output folder")
@@ -71,23 +72,29 @@ def load_model_by_name(name: str | None, device: str) -> HookedTransformer:
 
 
 def load_clt_by_name(name: str, device: str) -> CrossLayerTranscoder:
-    """A CLT from a folder (either layout) or, when the package provides one, by name."""
+    """A CLT by release name, Hub id or folder (``CrossLayerTranscoder.from_pretrained``
+    where the package has it; else a folder in the SAELens or circuit-tracer layout)."""
     from sae_lens_clt.clt import CrossLayerTranscoder
 
+    if hasattr(CrossLayerTranscoder, "from_pretrained"):
+        return CrossLayerTranscoder.from_pretrained(name, device=device)
     folder = Path(name)
-    if folder.is_dir():
-        if (folder / "cfg.json").exists():
-            return CrossLayerTranscoder.load_from_disk(folder, device=device)
-        return CrossLayerTranscoder.from_circuit_tracer(folder, device=device)
-    import sae_lens_clt
-
-    loader = getattr(sae_lens_clt, "load_clt", None)
-    if loader is None:
+    if not folder.is_dir():
         raise ValueError(
-            f"{name!r} is not a folder, and this install has no pretrained CLT loader: "
-            "pass a folder in the SAELens or circuit-tracer layout"
+            f"{name!r} is not a folder: pass a CLT folder (SAELens or circuit-tracer layout)"
         )
-    return loader(name, device=device)
+    if (folder / "cfg.json").exists():
+        return CrossLayerTranscoder.load_from_disk(folder, device=device)
+    return CrossLayerTranscoder.from_circuit_tracer(folder, device=device)
+
+
+def default_clt_name() -> str | None:
+    """The package's default CLT release, when it has one."""
+    try:
+        from sae_lens_clt.pretrained import DEFAULT_CLT
+    except ImportError:
+        return None
+    return DEFAULT_CLT
 
 
 @torch.no_grad()
@@ -127,10 +134,13 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = load_model_by_name(args.model, args.device)
-    if args.clt == "random":
+    clt_name = args.clt or default_clt_name()
+    if clt_name is None:
+        raise SystemExit("no default CLT in this install: pass --clt NAME_OR_FOLDER")
+    if clt_name == "random":
         clt = random_clt(model, to_tokens(model, args.prompt), d_sae=args.d_sae)
     else:
-        clt = load_clt_by_name(args.clt, args.device)
+        clt = load_clt_by_name(clt_name, args.device)
     t_load = time.perf_counter() - t0
     graph = attribute(
         model,

@@ -167,8 +167,13 @@ class AttributionGraph:
 
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | Path) -> Path:
-        """Write one ``.safetensors`` file: the tensors, plus the rest as JSON in its header."""
+        """Write one ``.safetensors`` file: the tensors, plus the rest as JSON in its header.
+
+        A path without a suffix gets ``.safetensors``; returns the path written.
+        """
         path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
         header = {
