@@ -103,9 +103,8 @@ def test_default_clt_by_name_offline(
     clt = make_clt()
     monkeypatch.setattr(P, "PACKAGE_DIR", tmp_path)
     clt.save_model(tmp_path / "data" / "default_clt")
-    loaded = CrossLayerTranscoder.from_pretrained(
-        getattr(sae_lens_clt, "DEFAULT_CLT", P.DEFAULT_CLT)
-    )
+    assert sae_lens_clt.DEFAULT_CLT == P.DEFAULT_CLT
+    loaded = CrossLayerTranscoder.from_pretrained(sae_lens_clt.DEFAULT_CLT)
     assert loaded.cfg == clt.cfg
     same_outputs(clt, loaded)
     lazy = P.from_pretrained(P.DEFAULT_CLT, lazy=True)
