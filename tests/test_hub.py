@@ -222,7 +222,15 @@ def test_cli_push_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     parser = argparse.ArgumentParser()
     push_cmd.add_parser(parser.add_subparsers())
     args = parser.parse_args(
-        ["push", str(tmp_path / "src"), "me/cli-clt", "--out", str(tmp_path / "out")]
+        [
+            "push",
+            str(tmp_path / "src"),
+            "me/cli-clt",
+            "--out",
+            str(tmp_path / "out"),
+            "--model-name",
+            "google/gemma-2-2b",
+        ]
     )
     assert args.func(args) == 0
     assert "nothing uploaded" in capsys.readouterr().out
@@ -231,7 +239,10 @@ def test_cli_push_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         torch.testing.assert_close(
             sae_lens.SAE.load_from_disk(tmp_path / "out")(x), clt(x), atol=1e-6, rtol=1e-6
         )
-    assert "me/cli-clt" in (tmp_path / "out" / "README.md").read_text()
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "me/cli-clt" in readme and front_matter(readme)["base_model"] == "google/gemma-2-2b"
+    config = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert config["model_name"] == "google/gemma-2-2b"
 
 
 def test_rewriting_a_folder_removes_stale_layers(tmp_path: Path) -> None:

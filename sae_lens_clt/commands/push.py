@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model-name",
         default=None,
-        help="record this base model (Hub id) if the CLT does not name one",
+        help="base model to record (Hub id, e.g. google/gemma-2-2b); overrides the CLT's own",
     )
     p.set_defaults(func=run)
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from sae_lens_clt.pretrained import from_pretrained
 
     clt = from_pretrained(args.path)
-    if args.model_name and not clt.cfg.metadata.model_name:
+    if args.model_name:
         clt.cfg.metadata.model_name = args.model_name
     result = push_to_hub(
         clt,
