@@ -340,6 +340,65 @@ def _partial_influence(
     raise RuntimeError("influence did not converge: the rows do not form a DAG")
 
 
+def _all_rows(
+    rc: _RowComputer, logit_vecs: torch.Tensor, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every active feature gets a row: fill ``A [N, N]`` in node order.
+
+    Returns ``(adjacency, selected feature indices, backward passes)``."""
+    n_logits = logit_vecs.shape[0]
+    selected = torch.arange(rc.n_features)
+    N = rc.n_cols + n_logits
+    adjacency = torch.zeros(N, N, dtype=torch.float32)
+    adjacency[rc.n_cols :, : rc.n_cols] = rc.rows(selected[:0], logit_vecs)
+    n_batches = 1
+    for ids in selected.split(batch_size):
+        adjacency[ids, : rc.n_cols] = rc.rows(ids, logit_vecs[:0])
+        n_batches += 1
+    return adjacency, selected, n_batches
+
+
+def _ranked_rows(
+    rc: _RowComputer,
+    logit_vecs: torch.Tensor,
+    logit_probs: torch.Tensor,
+    n_keep: int,
+    batch_size: int,
+    update_interval: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Only ``n_keep`` features get rows, the most influential as rows come in (step 5).
+
+    Returns ``(adjacency, selected feature indices, backward passes)``."""
+    n_active, n_logits = rc.n_features, logit_vecs.shape[0]
+    n_full = rc.n_cols + n_logits  # node space before dropping unselected features
+    buf = torch.zeros(n_logits + n_keep, n_full, dtype=torch.float32)
+    row_nodes = torch.zeros(n_logits + n_keep, dtype=torch.long)
+    logit_nodes = torch.arange(rc.n_cols, n_full)
+    buf[:n_logits, : rc.n_cols] = rc.rows(torch.zeros(0, dtype=torch.long), logit_vecs)
+    row_nodes[:n_logits] = logit_nodes
+    n_batches, n_rows = 1, n_logits
+    visited = torch.zeros(n_active, dtype=torch.bool)
+    while n_rows - n_logits < n_keep:
+        infl = _partial_influence(buf[:n_rows], row_nodes[:n_rows], logit_nodes, logit_probs)
+        rank = torch.argsort(infl[:n_active], descending=True, stable=True)
+        quota = min(update_interval * batch_size, n_keep - (n_rows - n_logits))
+        pending = rank[~visited[rank]][:quota]
+        for ids in pending.split(batch_size):
+            buf[n_rows : n_rows + ids.numel(), : rc.n_cols] = rc.rows(ids, logit_vecs[:0])
+            row_nodes[n_rows : n_rows + ids.numel()] = ids
+            visited[ids] = True
+            n_rows += ids.numel()
+            n_batches += 1
+    selected = visited.nonzero()[:, 0]  # sorted: node order
+    keep_cols = torch.cat([selected, torch.arange(n_active, n_full)])
+    N = keep_cols.numel()
+    adjacency = torch.zeros(N, N, dtype=torch.float32)
+    order = torch.argsort(row_nodes[n_logits:])  # feature rows by feature index
+    adjacency[: selected.numel()] = buf[n_logits:][order][:, keep_cols]
+    adjacency[N - n_logits :] = buf[:n_logits][:, keep_cols]
+    return adjacency, selected, n_batches
+
+
 # ---------------------------------------------------------------------- public API
 @torch.no_grad()
 def attribute(
@@ -392,49 +451,13 @@ def attribute(
         logit_ids, logit_probs = logit_ids.cpu(), logit_probs.cpu()
         n_active, n_logits = rc.n_features, int(logit_ids.numel())
         n_keep = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
-        no_features = torch.zeros(0, dtype=torch.long)
-        n_batches = 0
 
-        if n_keep == n_active:  # every feature gets a row: fill A in node order
-            selected = torch.arange(n_active)
-            N = rc.n_cols + n_logits
-            adjacency = torch.zeros(N, N, dtype=torch.float32)
-            adjacency[rc.n_cols :, : rc.n_cols] = rc.rows(no_features, logit_vecs)
-            n_batches += 1
-            for ids in selected.split(batch_size):
-                adjacency[ids, : rc.n_cols] = rc.rows(ids, logit_vecs[:0])
-                n_batches += 1
-        else:  # progressive ranking by influence, as rows come in
-            n_full = rc.n_cols + n_logits
-            buf = torch.zeros(n_logits + n_keep, n_full, dtype=torch.float32)
-            row_nodes = torch.zeros(n_logits + n_keep, dtype=torch.long)
-            logit_nodes = torch.arange(rc.n_cols, n_full)
-            buf[:n_logits, : rc.n_cols] = rc.rows(no_features, logit_vecs)
-            row_nodes[:n_logits] = logit_nodes
-            n_batches += 1
-            visited = torch.zeros(n_active, dtype=torch.bool)
-            n_rows = n_logits
-            while n_rows - n_logits < n_keep:
-                infl = _partial_influence(
-                    buf[:n_rows], row_nodes[:n_rows], logit_nodes, logit_probs
-                )
-                rank = torch.argsort(infl[:n_active], descending=True, stable=True)
-                quota = min(update_interval * batch_size, n_keep - (n_rows - n_logits))
-                pending = rank[~visited[rank]][:quota]
-                for ids in pending.split(batch_size):
-                    buf[n_rows : n_rows + ids.numel(), : rc.n_cols] = rc.rows(ids, logit_vecs[:0])
-                    row_nodes[n_rows : n_rows + ids.numel()] = ids
-                    visited[ids] = True
-                    n_rows += ids.numel()
-                    n_batches += 1
-            selected = visited.nonzero()[:, 0]  # sorted: node order
-            keep_cols = torch.cat([selected, torch.arange(n_active, n_full)])
-            N = keep_cols.numel()
-            adjacency = torch.zeros(N, N, dtype=torch.float32)
-            feature_rows = buf[n_logits:]
-            order = torch.argsort(row_nodes[n_logits:])  # rows sorted by feature index
-            adjacency[: selected.numel()] = feature_rows[order][:, keep_cols]
-            adjacency[N - n_logits :] = buf[:n_logits][:, keep_cols]
+        if n_keep == n_active:
+            adjacency, selected, n_batches = _all_rows(rc, logit_vecs, batch_size)
+        else:
+            adjacency, selected, n_batches = _ranked_rows(
+                rc, logit_vecs, logit_probs, n_keep, batch_size, update_interval
+            )
     del fwd
     t_end = time.perf_counter()
 
