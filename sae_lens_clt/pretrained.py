@@ -208,7 +208,7 @@ def closest_names(name: str, n: int = 5) -> list[str]:
 
 
 def _hint(name: str) -> str:
-    close = closest_names(name)
+    close = [n for n in closest_names(name) if n != name]
     return f" Closest registered names: {', '.join(close)}." if close else ""
 
 

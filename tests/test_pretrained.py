@@ -131,6 +131,9 @@ def test_uncached_hub_id_offline_is_clear(hub_cache: Path) -> None:
     with pytest.raises(P.UnknownCLTError, match="not in the local Hugging Face cache") as err:
         P.from_pretrained("mntss/clt-gemma-2-2b-462k")
     assert "mntss/clt-gemma-2-2b-426k" in str(err.value)  # closest names offered
+    with pytest.raises(P.UnknownCLTError, match="not in the local Hugging Face cache") as err:
+        P.from_pretrained("mntss/clt-llama-3.2-1b-524k")  # a release, not cached
+    assert "Closest" not in str(err.value)
 
 
 def test_user_releases_yaml_function_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
