@@ -18,7 +18,7 @@ Algorithm:
 
 Usage::
 
-    python scripts/train_default_model.py                 # full run (~30 min on 2 cores)
+    python scripts/train_default_model.py                 # full run (30-50 min)
     python scripts/train_default_model.py --steps 300 --out /tmp/tiny   # quick check
 """
 
@@ -98,14 +98,14 @@ def main() -> None:
     ap.add_argument("--natural", type=str, default=None, help="sdist or folder; default: fetch")
     ap.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--min-lr-frac", type=float, default=0.1)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--weight-decay", type=float, default=0.05)
     ap.add_argument("--vocab-size", type=int, default=3072)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=100)
     args = ap.parse_args()
 
