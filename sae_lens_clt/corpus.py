@@ -357,7 +357,9 @@ def one_hop_prompts() -> list[tuple[str, str]]:
     for s in STATES:
         for c in s.cities:
             out.append((f"The state containing {c} is", " " + s.name))
-            out.append((f"{c} is a city in", " " + s.name))
+            # Not "{c} is a city in": at the very start of a text a name has no leading
+            # space and is not a single token (see the tokenizer in default_model.py).
+            out.append((f"The city of {c} lies in", " " + s.name))
         out.append((f"The capital of {s.name} is", " " + s.capital))
     for country, capital, language in COUNTRIES:
         out.append((f"The capital of {country} is", " " + capital))
