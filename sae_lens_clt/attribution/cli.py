@@ -7,7 +7,8 @@ Steps:
    a release name, Hub id or folder; or ``random`` for a seeded random CLT calibrated on
    the prompt, only for trying the pipeline).
 2. ``attribute`` the prompt, prune, and write ``graph.safetensors``, ``graph.json`` (plus
-   ``graph-metadata.json`` for circuit-tracer's server) and ``graph.png`` into ``--out``.
+   ``graph-metadata.json`` for circuit-tracer's server) and ``graph.png`` into ``--out``,
+   with the feature labels cached next to a named CLT when there are any.
 3. Print the top logits, node counts, scores and timings.
 """
 
@@ -88,6 +89,16 @@ def load_clt_by_name(name: str, device: str) -> CrossLayerTranscoder:
     return CrossLayerTranscoder.from_circuit_tracer(folder, device=device)
 
 
+def cached_labels(clt_name: str) -> dict[tuple[int, int], str]:
+    """Feature labels cached next to a named CLT (``{(layer, feature): label}``), if any."""
+    try:
+        from sae_lens_clt.labels import label_map, load_labels
+        from sae_lens_clt.pretrained import fetch
+    except ImportError:
+        return {}
+    return label_map(load_labels(fetch(clt_name)))
+
+
 def default_clt_name() -> str | None:
     """The package's default CLT release, when it has one."""
     try:
@@ -139,8 +150,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("no default CLT in this install: pass --clt NAME_OR_FOLDER")
     if clt_name == "random":
         clt = random_clt(model, to_tokens(model, args.prompt), d_sae=args.d_sae)
+        labels: dict[tuple[int, int], str] = {}
     else:
         clt = load_clt_by_name(clt_name, args.device)
+        labels = cached_labels(clt_name)
     t_load = time.perf_counter() - t0
     graph = attribute(
         model,
@@ -160,8 +173,9 @@ def run(args: argparse.Namespace) -> int:
         node_threshold=args.node_threshold,
         edge_threshold=args.edge_threshold,
         pruned=pruned,
+        labels=labels,
     )
-    graph.plot(out / f"{args.slug}.png", pruned=pruned)
+    graph.plot(out / f"{args.slug}.png", pruned=pruned, labels=labels)
     scores = graph.scores()
 
     print(f"prompt: {args.prompt!r} ({graph.n_pos} tokens with BOS)")
