@@ -89,7 +89,8 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         features that never fire and so never learn.
         """
         z = torch.einsum("nli,lif->nlf", x.to(self.dtype), self.W_enc)  # [N, L, F]
-        q = torch.quantile(z.float(), 1 - self.cfg.init_active_fraction, dim=0)  # [L, F]
+        k = max(1, round((1 - self.cfg.init_active_fraction) * z.shape[0]))
+        q = z.float().kthvalue(k, dim=0).values  # [L, F]: the (1 - fraction) quantile
         theta = self.threshold if self.cfg.activation_fn == "jumprelu" else 0.0
         self.b_enc.copy_((theta - q + 1e-3).to(self.dtype))
 
