@@ -3,6 +3,22 @@
 ``attribute`` builds an :class:`AttributionGraph` of exact direct effects; the graph prunes
 itself, scores itself, exports circuit-tracer / Neuronpedia JSON and draws itself;
 ``intervene`` checks a circuit by ablating or steering features.
+
+Example::
+
+    from sae_lens_clt import CrossLayerTranscoder, load_model
+    from sae_lens_clt.attribution import attribute, intervene
+
+    model = load_model()
+    clt = CrossLayerTranscoder.from_pretrained(name_or_folder)
+    graph = attribute(model, clt, "The capital of the state containing Dallas is")
+    print(graph.scores())                      # replacement, completeness
+    graph.to_json("graphs/dallas.json")        # circuit-tracer / Neuronpedia viewer
+    graph.plot("dallas.png")
+    layer, pos, feature = graph.active_features[0].tolist()
+    result = intervene(model, clt, "The capital of the state containing Dallas is",
+                       [(layer, pos, feature, 0.0)])   # ablate one feature
+    result.logits[-1].softmax(-1)              # new next-token distribution
 """
 
 from sae_lens_clt.attribution.attribute import attribute, to_tokens
