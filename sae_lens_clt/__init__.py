@@ -23,7 +23,7 @@ from sae_lens_clt.default_model import DEFAULT_MODEL, load_default_dataset, load
 from sae_lens_clt.evals import CLTEvalResult, evaluate_clt
 from sae_lens_clt.hub import push_to_hub
 from sae_lens_clt.io import CLTFormatError
-from sae_lens_clt.pretrained import DEFAULT_CLT, load_releases, register_release
+from sae_lens_clt.pretrained import DEFAULT_CLT, UnknownCLTError, load_releases, register_release
 from sae_lens_clt.registry import register_all, register_architecture
 from sae_lens_clt.training.clt_training import (
     TrainingCrossLayerTranscoder,
@@ -57,6 +57,7 @@ __all__ = [
     "TrainingCrossLayerTranscoder",
     "TrainingCrossLayerTranscoderConfig",
     "TrainingDivergedError",
+    "UnknownCLTError",
     "__version__",
     "attribute",
     "evaluate_clt",
