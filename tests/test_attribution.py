@@ -449,3 +449,14 @@ def test_matches_circuit_tracer(pos: str, tmp_path) -> None:
     theirs = circuit_tracer_graph(model, clt, tokens, tmp_path, batch_size=16, max_feature_nodes=40)
     picked = theirs.active_features[theirs.selected_features]
     assert torch.equal(picked, ours.active_features)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", ["rotary", "default-model"])
+def test_every_column_of_a_long_prompt(setup: str) -> None:
+    """All columns (every active feature, error and embedding) on a 40-token prompt."""
+    model, clt, _ = build(setup)
+    prompt = torch.randint(1, model.cfg.d_vocab, (40,), generator=torch.Generator().manual_seed(5))
+    graph = attribute(model, clt, prompt)
+    for columns in torch.arange(graph.logit_offset).split(300):
+        check_columns(model, clt, prompt, graph, columns)
