@@ -12,6 +12,9 @@ Algorithm (one prompt, ``L`` layers):
    so a feature changed at layer ``s`` changes its writes to every layer ``t >= s``.
    With no interventions this reproduces the clean run exactly.
 3. Return the new logits and feature activations (and the clean ones to compare).
+
+This runs the *replacement* model (MLPs replaced by CLT + fixed error), the model the
+attribution graph describes, so downstream MLPs respond through CLT features only.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def intervene(
     interventions: Sequence[Intervention],
     *,
     freeze_attention: bool = True,
-    freeze_layernorm: bool = False,
+    freeze_layernorm: bool | None = None,
     freeze_features: bool = False,
 ) -> InterventionResult:
     """Run the replacement model with some features set to given values.
@@ -84,7 +87,8 @@ def intervene(
         interventions: ``(layer, position, feature, value)``; ablate with value 0, steer
             with a multiple of the clean activation. Negative positions count from the end.
         freeze_attention: keep attention patterns at their clean values.
-        freeze_layernorm: keep norm scales at their clean values.
+        freeze_layernorm: keep norm scales at their clean values; ``None`` (default)
+            follows ``freeze_attention``, as circuit-tracer's ``feature_intervention`` does.
         freeze_features: keep every other feature at its clean activation (direct effects
             only); by default downstream features respond to the change.
 
@@ -93,6 +97,8 @@ def intervene(
         ``[L, T, d_sae]``, after and before the interventions.
     """
     check_compatible(model, clt)
+    if freeze_layernorm is None:
+        freeze_layernorm = freeze_attention
     tokens = to_tokens(model, prompt)[None].to(model.cfg.device)  # [1, T]
     L, T, F = clt.cfg.n_layers, tokens.shape[1], clt.cfg.d_sae
     todo = _check(interventions, L, T, F)
