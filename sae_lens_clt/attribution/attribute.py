@@ -23,9 +23,10 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; DESIGN.md §3):
    ``torch.autograd.grad(..., is_grads_batched=True)`` over the retained graph, asking
    only for the MLP outputs of layers below the highest target layer; with causal
    attention, sources after the last target position are skipped too (nothing else can
-   reach the targets; node order keeps each batch within one or two layers). The gradients at the MLP-output leaves ``G [T, B, L, d]`` and the
-   embedding leaves are contracted with the source vectors: errors by one einsum,
-   embeddings by one dot product per position, active features block by block (features
+   reach the targets; node order keeps each batch within one or two layers). The
+   gradients at the MLP-output leaves ``G [T, B, L, d]`` and the embedding leaves are
+   contracted with the source vectors: errors by one einsum, embeddings by one dot
+   product per position, active features block by block (features
    sharing a source layer and position are contiguous in node order) with their
    activation-scaled decoder rows, touching only active features. Each batch fills ``B``
    rows of ``A`` (rows = targets, columns = sources).
