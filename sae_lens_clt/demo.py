@@ -96,7 +96,7 @@ def node_name(graph: Any, index: int, tok_strs: list[str], labels: dict) -> str:
         _, pos = graph.node_layer_pos(index)
         return f"embedding {tok_strs[pos]!r}"
     i = index - graph.logit_offset
-    return f"logit {graph.metadata.get('logit_strings', [''] * 99)[i]!r}"
+    return f"logit {graph.metadata['logit_token_strings'][i]!r}"
 
 
 def run_demo(out_dir: str | Path = "demo_out", verbose: bool = True) -> DemoResult:
@@ -129,7 +129,6 @@ def run_demo(out_dir: str | Path = "demo_out", verbose: bool = True) -> DemoResu
 
     tok_strs = [model.tokenizer.decode([int(t)]) for t in graph.input_tokens]
     logit_strs = [model.tokenizer.decode([int(t)]) for t in graph.logit_token_ids]
-    graph.metadata["logit_strings"] = logit_strs
     top = list(zip(logit_strs, graph.logit_probabilities.tolist(), strict=True))
     say(f'\nPrompt: "{prompt}"')
     say("Top predictions: " + ", ".join(f"{t!r} {p:.1%}" for t, p in top[:5]))
