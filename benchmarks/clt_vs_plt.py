@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import torch
+
 from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
 from sae_lens_clt.evals import evaluate_clt, token_batches_from_texts
 from sae_lens_clt.training.runner import CLTTrainingRunner, CLTTrainingRunnerConfig
@@ -42,9 +44,12 @@ def main() -> None:
     p.add_argument("--training-tokens", type=int, default=400_000)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--eval-batches", type=int, default=8)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--model-dir", default=None, help="default model folder (default: package)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
 
-    model = load_model()
+    model = load_model(model_dir=args.model_dir)
     batches = held_out_batches(model, 200, args.eval_batches)
     rows = []
     for name, cross in (("CLT", True), ("per-layer", False)):

@@ -59,9 +59,12 @@ def main() -> None:
     p.add_argument("--d-sae", type=int, default=1024)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--model-dir", default=None, help="default model folder (default: package)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
 
-    model = load_model()
+    model = load_model(model_dir=args.model_dir)
     L, d = model.cfg.n_layers, model.cfg.d_model
     cfg = CLTTrainingRunnerConfig(
         model_name=DEFAULT_MODEL,

@@ -53,15 +53,18 @@ def label_default_clt(model, clt, folder: Path, n_docs: int = 1500) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--training-tokens", type=int, default=3_000_000)
+    p.add_argument("--training-tokens", type=int, default=1_200_000)
     p.add_argument("--d-sae", type=int, default=1024)
-    p.add_argument("--l0-coefficient", type=float, default=3e-3)
+    p.add_argument("--l0-coefficient", type=float, default=0.6)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=1024)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)"
+    )
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--checkpoint-path", default=None)
     p.add_argument("--labels-only", action="store_true", help="only recompute the labels")
+    p.add_argument("--model-dir", default=None, help="default model folder (default: package)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,7 +72,8 @@ def main() -> None:
     if args.labels_only:
         from sae_lens_clt.clt import CrossLayerTranscoder
 
-        label_default_clt(load_model(), CrossLayerTranscoder.load_from_disk(args.out), args.out)
+        model = load_model(model_dir=args.model_dir)
+        label_default_clt(model, CrossLayerTranscoder.load_from_disk(args.out), args.out)
         return
     cfg = CLTTrainingRunnerConfig(
         model_name=DEFAULT_MODEL,
@@ -86,10 +90,10 @@ def main() -> None:
         seed=0,
     )
     t0 = time.time()
-    runner = CLTTrainingRunner(cfg)
+    model = load_model(model_dir=args.model_dir)
+    runner = CLTTrainingRunner(cfg, override_model=model)
     clt = runner.run()
     train_s = time.time() - t0
-    model = load_model()
     results = {}
     for name, texts in held_out_texts().items():
         batches = token_batches_from_texts(model, texts, context_size=128, batch_size=16)[:12]
