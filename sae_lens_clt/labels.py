@@ -140,7 +140,9 @@ def compute_labels(
     for j in range(L * F):
         layer, feat = divmod(j, F)
         toks, contexts = [], []
-        for v, (r, p) in zip(top["values"][:, j].tolist(), top["where"][:, j].tolist(), strict=True):
+        for v, (r, p) in zip(
+            top["values"][:, j].tolist(), top["where"][:, j].tolist(), strict=True
+        ):
             if v <= 0:
                 continue
             toks.append(_tok(model, int(rows[r, p])))
