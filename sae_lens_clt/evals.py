@@ -200,14 +200,19 @@ def evaluate_clt(
 def token_batches_from_texts(
     model: HookedTransformer, texts: Iterable[str], context_size: int, batch_size: int = 16
 ) -> list[torch.Tensor]:
-    """Tokenize texts (BOS prepended), cut into ``context_size`` windows, batch them."""
-    rows = []
+    """Tokenize texts, pack them into ``context_size`` windows, batch them.
+
+    Texts are joined with BOS between them (as SAELens' store does with
+    ``sequence_separator_token="bos"``) and every window starts with BOS, so short documents
+    are not lost.
+    """
+    bos = model.tokenizer.bos_token_id if model.tokenizer is not None else 0
+    stream: list[int] = []
     for text in texts:
-        toks = model.to_tokens(text, prepend_bos=True, truncate=False)[0]
-        for start in range(0, max(1, toks.numel() - 1), context_size):
-            piece = toks[start : start + context_size]
-            if start > 0:
-                piece = torch.cat([toks[:1], piece[: context_size - 1]])
-            if piece.numel() == context_size:
-                rows.append(piece)
+        toks = model.to_tokens(text, prepend_bos=False, truncate=False)[0].tolist()
+        stream += ([bos] if stream else []) + toks
+    step = context_size - 1
+    rows = [
+        torch.tensor([bos] + stream[i : i + step]) for i in range(0, len(stream) - step + 1, step)
+    ]
     return [torch.stack(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]

@@ -94,6 +94,7 @@ def main() -> None:
     runner = CLTTrainingRunner(cfg, override_model=model)
     clt = runner.run()
     train_s = time.time() - t0
+    clt.save_model(args.out)  # save first: evaluation must never lose a trained CLT
     results = {}
     for name, texts in held_out_texts().items():
         batches = token_batches_from_texts(model, texts, context_size=128, batch_size=16)[:12]
