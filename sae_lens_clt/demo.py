@@ -7,17 +7,17 @@ Algorithm (``run_demo``):
 2. Attribute "The capital of the state containing Dallas is", prune, and write the graph
    file, the graph JSON (labels as ``clerp``) and the figure.
 3. Find the strongest paths from the " Dallas" embedding node to the " Austin" logit node in
-   the pruned graph: a path's strength is the product of its edges' normalized weights
-   (``|A|`` with rows summing to 1), found by dynamic programming over the layer order.
+   the pruned graph: a path's contribution is the product of the per-unit direct effects
+   along it (exact under the frozen replacement model; all paths sum to the embedding's
+   total effect on the logit), found by dynamic programming.
 4. Validate by intervention on the replacement model (frozen attention): ablate the
-   features on those paths (value 0) and watch P(" Austin") fall; then, at the city's
-   position, swap the features for those that " San Jose" activates in the same prompt
+   features on those paths (value 0) and watch P(" Austin") fall; then, from the city's
+   position on, set the features to the values " San Jose" gives them in the same prompt
    and watch " Sacramento" become the top prediction.
 """
 
 from __future__ import annotations
 
-import heapq
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,37 +50,61 @@ def single_token(model: Any, word: str) -> int:
     return int(ids[0])
 
 
-def strongest_paths(
-    graph: Any, node_mask: torch.Tensor, source: int, target: int, k: int = 3, max_len: int = 8
-) -> list[tuple[float, list[int]]]:
-    """Top-``k`` paths ``source -> ... -> target`` among kept nodes, by product of
-    row-normalized |edge| weights. Returns ``[(strength, [node indices])]``."""
-    from sae_lens_clt.attribution.prune import normalize_rows
+def linear_effects(graph: Any) -> torch.Tensor:
+    """Per-unit direct effects ``Ã [N, N]``: feature columns divided by the activation.
 
-    B = normalize_rows(graph.adjacency) * node_mask[:, None] * node_mask[None, :]
-    # best[n]: up to k (strength, path) pairs from source to n; relax edges max_len times
+    ``A[t, f]`` is the effect of removing feature ``f`` (activation ``a_f``); under the
+    frozen replacement model a JumpReLU feature above threshold passes its pre-activation
+    through with slope 1, so ``A[t, f] / a_f`` is the effect per unit of its input, and the
+    product of ``Ã`` along a path is that path's exact linear contribution.
+    """
+    at = graph.adjacency.double().clone()
+    nf = graph.n_features
+    at[:, :nf] /= graph.activation_values.double().clamp(min=1e-12)[None, :]
+    return at
+
+
+def strongest_paths(
+    graph: Any, node_mask: torch.Tensor, source: int, target: int, k: int = 5, max_len: int = 8
+) -> list[tuple[float, list[int]]]:
+    """Top-``k`` paths ``source -> ... -> target`` among kept nodes by contribution.
+
+    A path's contribution is the product of the per-unit direct effects along it
+    (:func:`linear_effects`), in units of the target (a logit) per unit of the source;
+    the contributions of all paths sum to the source's total effect. Dynamic programming
+    keeps, per node, the ``k`` largest and ``k`` smallest partial products (signs multiply).
+    """
+    at = linear_effects(graph) * node_mask[:, None] * node_mask[None, :]
     best: dict[int, list[tuple[float, list[int]]]] = {source: [(1.0, [source])]}
     frontier = {source}
     for _ in range(max_len):
         new_frontier = set()
         for n in frontier:
-            targets = B[:, n].nonzero()[:, 0].tolist()
-            for t in targets:
-                w = float(B[t, n])
-                for strength, path in best[n]:
-                    if t in path:
-                        continue
-                    cand = (strength * w, path + [t])
-                    lst = best.setdefault(t, [])
-                    if len(lst) < k or cand[0] > lst[-1][0]:
-                        lst.append(cand)
-                        lst.sort(key=lambda c: -c[0])
-                        del lst[k:]
-                        new_frontier.add(t)
+            for t in at[:, n].nonzero()[:, 0].tolist():
+                w = float(at[t, n])
+                cands = best.setdefault(t, [])
+                before = list(cands)
+                cands += [(v * w, path + [t]) for v, path in best[n] if t not in path]
+                cands.sort(key=lambda c: -c[0])
+                keep = cands[:k] + [c for c in cands[-k:] if c not in cands[:k]]
+                best[t] = keep
+                if keep != before:
+                    new_frontier.add(t)
         frontier = new_frontier
         if not frontier:
             break
-    return heapq.nlargest(k, best.get(target, []), key=lambda c: c[0])
+    return sorted(best.get(target, []), key=lambda c: -c[0])[:k]
+
+
+def total_effect(graph: Any, source: int, target: int) -> float:
+    """Sum of the contributions of every path ``source -> target`` (full graph)."""
+    at = linear_effects(graph)
+    n = at.shape[0]
+    return float(
+        torch.linalg.solve(torch.eye(n, dtype=at.dtype) - at, torch.eye(n, dtype=at.dtype))[
+            target, source
+        ]
+    )
 
 
 def node_name(graph: Any, index: int, tok_strs: list[str], labels: dict) -> str:
@@ -146,9 +170,13 @@ def run_demo(out_dir: str | Path = "demo_out", verbose: bool = True) -> DemoResu
     dst = graph.logit_offset + graph.logit_token_ids.tolist().index(answer_id)
     paths = strongest_paths(graph, pruned.node_mask, src, dst)
     named = [(s, [node_name(graph, n, tok_strs, labels) for n in p]) for s, p in paths]
-    say(f"\nStrongest paths from the {SOURCE_CITY!r} embedding to the {SOURCE_ANSWER!r} logit:")
+    say(
+        f"\nStrongest paths from the {SOURCE_CITY!r} embedding to the {SOURCE_ANSWER!r} logit "
+        "(contribution to the logit per unit of embedding; all paths sum to "
+        f"{total_effect(graph, src, dst):+.3f}):"
+    )
     for strength, names in named:
-        say(f"  [{strength:.2e}] " + "  ->  ".join(names))
+        say(f"  [{strength:+.3f}] " + "  ->  ".join(names))
 
     # validation 1: ablate the features on those paths
     path_feats = sorted(
@@ -176,16 +204,17 @@ def run_demo(out_dir: str | Path = "demo_out", verbose: bool = True) -> DemoResu
         raise RuntimeError(f"{TARGET_CITY!r} and {SOURCE_CITY!r} tokenize to different lengths")
     swap = []
     for layer in range(clt.cfg.n_layers):
-        diff = (ours[layer, city_pos] != theirs[layer, city_pos]).nonzero()[:, 0].tolist()
-        swap += [(layer, city_pos, f, float(theirs[layer, city_pos, f])) for f in diff]
+        for pos in range(city_pos, ours.shape[1]):  # the city and every position after it
+            diff = (ours[layer, pos] != theirs[layer, pos]).nonzero()[:, 0].tolist()
+            swap += [(layer, pos, f, float(theirs[layer, pos, f])) for f in diff]
     steered = intervene(model, clt, prompt, swap)
     probs_before = res.clean_logits[-1].softmax(-1)
     probs_after = steered.logits[-1].softmax(-1)
     top_b, top_a = int(probs_before.argmax()), int(probs_after.argmax())
     dec = model.tokenizer.decode
     say(
-        f"Steering: at {SOURCE_CITY!r}'s position, set the {len(swap)} features that differ to "
-        f"their values on {TARGET_CITY!r}: top-1 {dec([top_b])!r} {probs_before[top_b]:.1%} -> "
+        f"Steering: from {SOURCE_CITY!r} on, set the {len(swap)} features whose activations "
+        f"differ to their values on {TARGET_CITY!r} (same positions): top-1 {dec([top_b])!r} {probs_before[top_b]:.1%} -> "
         f"{dec([top_a])!r} {probs_after[top_a]:.1%}; P({TARGET_ANSWER!r}) "
         f"{probs_before[target_id]:.1%} -> {probs_after[target_id]:.1%}"
     )

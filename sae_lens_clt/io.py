@@ -39,6 +39,10 @@ WEIGHTS_FILENAME = "sae_weights.safetensors"
 CT_CONFIG_FILENAME = "config.yaml"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CLTFormatError(ValueError):
     """A CLT file or folder is missing, malformed, or disagrees with its config."""
 
@@ -51,6 +55,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
