@@ -42,7 +42,7 @@ class TrainingCrossLayerTranscoderConfig(CrossLayerTranscoderConfig, TrainingSAE
     jumprelu_bandwidth: float = 0.1
     jumprelu_tanh_scale: float = 4.0
     jumprelu_ste_to_input: bool = False
-    l0_coefficient: float = 2e-3
+    l0_coefficient: float = 0.15
     l0_warm_up_steps: int = 0
     pre_act_loss_coefficient: float | None = 3e-6
     init_active_fraction: float = 0.05  # share of tokens each feature fires on at init

@@ -85,7 +85,7 @@ class CLTTrainingRunnerConfig:
     jumprelu_init_threshold: float = 0.03
     jumprelu_bandwidth: float = 0.1
     jumprelu_tanh_scale: float = 4.0
-    l0_coefficient: float = 2e-3
+    l0_coefficient: float = 0.15
     l0_warm_up_steps: int | None = None  # default: 25 % of the steps
     pre_act_loss_coefficient: float | None = 3e-6
     init_active_fraction: float = 0.05
