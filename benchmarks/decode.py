@@ -49,7 +49,10 @@ def main() -> None:
     p.add_argument("--densities", type=float, nargs="+", default=[0.01, 0.05, 0.20])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     cfg = CrossLayerTranscoderConfig(

@@ -349,7 +349,8 @@ class CLTTrainingRunner:
             if self.step % c.log_every_n_steps == 0 or self.step == steps:
                 m = self._metrics(parts, acts, x, y, clt, steps_since_fired, l0_coef)
                 m["lr"] = scheduler.get_last_lr()[0]
-                m["tokens_per_s"] = self.n_tokens / max(1e-9, time.perf_counter() - t0)
+                m["elapsed_s"] = time.perf_counter() - t0
+                m["tokens_per_s"] = self.n_tokens / max(1e-9, m["elapsed_s"])
                 self.metrics_history.append(m)
                 pbar.set_postfix(
                     loss=f"{m['loss']:.3f}", nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}"
