@@ -535,12 +535,17 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
     ) -> CrossLayerTranscoder:
-        """Load circuit-tracer's layout (as written by :meth:`to_circuit_tracer` or found on the Hub)."""
-        cfg_dict, state_dict = clt_io.read_circuit_tracer(Path(path))
-        if dtype is not None:
-            cfg_dict["dtype"] = dtype if isinstance(dtype, str) else str(dtype).split(".")[-1]
-        cfg_dict["device"] = device
-        return cls.from_state_dict(CrossLayerTranscoderConfig.from_dict(cfg_dict), state_dict)
+        """Load circuit-tracer's layout (as written by :meth:`to_circuit_tracer` or found on the Hub).
+
+        ``dtype=None`` keeps the dtype of the files.
+        """
+        from sae_lens_clt.pretrained import load_folder
+
+        path = Path(path)
+        if not path.is_dir():
+            raise clt_io.CLTFormatError(f"{path}: not a folder")
+        clt_io.circuit_tracer_n_layers(path)  # refuses folders without W_enc_{i} files
+        return load_folder(path, device=device, dtype=dtype)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -510,7 +510,10 @@ def _check_shapes(path: Path, want: dict[str, tuple[int, ...]]) -> None:
     if missing or wrong:
         raise CLTFormatError(
             f"{path}: "
-            + "; ".join(([f"missing tensor(s) {missing}"] if missing else []) + wrong)
+            + "; ".join(
+                ([f"missing tensor(s) {missing}"] if missing else [])
+                + ([f"wrong shape(s): {'; '.join(wrong)}"] if wrong else [])
+            )
             + "; the files of this folder disagree with each other (layers, d_model or "
             "features per layer)"
         )
