@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--n-layers", type=int, default=12)
     p.add_argument("--d-model", type=int, default=768)
     p.add_argument("--d-sae", type=int, default=4096)
-    p.add_argument("--tokens", type=int, default=256)
+    p.add_argument("--tokens", type=int, default=1024)
     p.add_argument("--densities", type=float, nargs="+", default=[0.01, 0.05, 0.20])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")

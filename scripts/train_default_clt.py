@@ -53,9 +53,9 @@ def label_default_clt(model, clt, folder: Path, n_docs: int = 1500) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--training-tokens", type=int, default=1_200_000)
+    p.add_argument("--training-tokens", type=int, default=2_400_000)
     p.add_argument("--d-sae", type=int, default=1024)
-    p.add_argument("--l0-coefficient", type=float, default=0.15)
+    p.add_argument("--l0-coefficient", type=float, default=0.06)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument(
