@@ -19,15 +19,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sae_lens_clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
 from sae_lens_clt.attribution import AttributionGraph, attribute, to_tokens
 
-
 # ---------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread avoids thread hand-off costs on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_tokenizer() -> Any:

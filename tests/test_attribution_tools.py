@@ -17,13 +17,7 @@ from sae_lens_clt.attribution.export import (
 from sae_lens_clt.attribution.prune import node_influence
 from tests.test_attribution import build, random_clt, random_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------- hand-built graph
