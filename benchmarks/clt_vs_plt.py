@@ -19,18 +19,13 @@ import time
 
 import torch
 
-from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
+from sae_lens_clt.default_model import DEFAULT_MODEL, held_out_texts, load_model
 from sae_lens_clt.evals import evaluate_clt, token_batches_from_texts
 from sae_lens_clt.training.runner import CLTTrainingRunner, CLTTrainingRunnerConfig
 
 
 def held_out_batches(model, n_docs: int, n_batches: int):
-    from sae_lens_clt import corpus
-
-    texts = corpus.fact_documents(n_docs, seed=1_000_003)
-    source = corpus.find_natural_text()
-    if source is not None:
-        texts = texts + corpus.natural_documents(source, split="eval")[:n_docs]
+    texts = [t for docs in held_out_texts(n_docs).values() for t in docs]
     batches = token_batches_from_texts(model, texts, context_size=128, batch_size=16)
     return batches[:: max(1, len(batches) // n_batches)][:n_batches]
 

