@@ -152,7 +152,8 @@ class _SparseDecode(torch.autograd.Function):
         n_rows: int,
     ) -> torch.Tensor:  # [n_rows, D]
         if _has_sparse_kernels(weight):
-            return torch.sparse.mm(_coo(rows, cols, values, (n_rows, weight.shape[0])), weight)
+            a = _coo(rows, cols, values, (n_rows, weight.shape[0]), row_sorted=True)
+            return torch.sparse.mm(a, weight)
         return _scatter_rows(weight, cols, rows, values, n_rows)
 
     @staticmethod
@@ -205,12 +206,23 @@ def _scatter_rows(
 
 
 def _coo(
-    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size: tuple[int, int]
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+    size: tuple[int, int],
+    row_sorted: bool = False,
 ) -> torch.Tensor:
-    """Coalesced COO matrix (on CPU its products beat the CSR ones for this shape)."""
-    return torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), values, size, check_invariants=False
-    ).coalesce()
+    """Coalesced COO matrix (on CPU its products beat the CSR ones for this shape).
+
+    ``row_sorted=True`` promises the (row, col) pairs are unique and sorted row-major (as
+    ``nonzero`` returns them), which skips the sort.
+    """
+    indices = torch.stack([rows, cols])
+    if row_sorted:
+        return torch.sparse_coo_tensor(
+            indices, values, size, check_invariants=False, is_coalesced=True
+        )
+    return torch.sparse_coo_tensor(indices, values, size, check_invariants=False).coalesce()
 
 
 def _csr(

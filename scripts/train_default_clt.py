@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)"
     )
+    p.add_argument("--skip", action="store_true", help="train with a linear skip connection")
+    p.add_argument("--no-labels", action="store_true", help="skip computing feature labels")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--checkpoint-path", default=None)
     p.add_argument("--labels-only", action="store_true", help="only recompute the labels")
@@ -70,6 +72,7 @@ def main() -> None:
         store_batch_size_prompts=32,
         lr=args.lr,
         l0_coefficient=args.l0_coefficient,
+        skip_connection=args.skip,
         checkpoint_path=args.checkpoint_path,
         n_checkpoints=4 if args.checkpoint_path else 0,
         log_every_n_steps=25,
@@ -93,7 +96,8 @@ def main() -> None:
     md.trained_by = "scripts/train_default_clt.py"
     clt.save_model(args.out)
     (args.out / "eval.json").write_text(json.dumps(results, indent=2))
-    label_default_clt(model, clt, args.out)
+    if not args.no_labels:
+        label_default_clt(model, clt, args.out)
     print(f"trained {runner.n_tokens} tokens in {train_s:.0f}s; saved to {args.out}")
 
 

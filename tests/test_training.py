@@ -73,7 +73,7 @@ def test_losses_match_the_formula() -> None:
     clt = TrainingCrossLayerTranscoder(cfg)
     x, y = torch.randn(10, 3, 8), torch.randn(10, 3, 8)
     clt.initialize_from_data(x)
-    loss, parts, acts = clt.training_losses(x, y, l0_coefficient=0.1)
+    loss, parts, acts, _ = clt.training_losses(x, y, l0_coefficient=0.1)
     with torch.no_grad():
         z = torch.einsum("nli,lif->nlf", x, clt.W_enc) + clt.b_enc
         a = z * (z > clt.threshold)
@@ -81,13 +81,72 @@ def test_losses_match_the_formula() -> None:
         mse = (clt.decode(a) - y).pow(2).sum((1, 2)).mean()
         tanh = 0.1 * torch.tanh(4.0 * a * norms).sum((1, 2)).mean()
         pre = 0.5 * ((clt.threshold - z).relu() * norms).sum((1, 2)).mean()
-    torch.testing.assert_close(acts, a)
+    torch.testing.assert_close(acts.to_dense(), a)
     torch.testing.assert_close(parts["mse_loss"], mse)
     torch.testing.assert_close(parts["l0_loss"], tanh)
     torch.testing.assert_close(parts["pre_act_loss"], pre)
     torch.testing.assert_close(loss, mse + tanh + pre)
     loss.backward()
     assert clt.threshold.grad is not None and clt.threshold.grad.abs().sum() > 0  # STE
+
+
+def reference_jumprelu_loss(clt: TrainingCrossLayerTranscoder, x, y, l0_coefficient):
+    """DESIGN §3 with plain autograd, SAELens' JumpReLU and a dense decode by explicit loops."""
+    from sae_lens.saes.jumprelu_sae import JumpReLU
+
+    cfg = clt.cfg
+    z = torch.einsum("nli,lif->nlf", x, clt.W_enc) + clt.b_enc
+    a = JumpReLU.apply(z, clt.threshold, cfg.jumprelu_bandwidth, False)
+    y_hat = clt.b_dec.expand(x.shape[0], -1, -1)
+    for t in range(cfg.n_layers):
+        y_hat = y_hat.index_add(
+            1,
+            torch.tensor([t]),
+            sum(a[:, s] @ clt.W_dec[s][:, t - s] for s in range(t + 1))[:, None],
+        )
+    norms = torch.stack([w.flatten(1).norm(dim=1) for w in clt.W_dec])
+    mse = (y_hat - y).pow(2).sum((1, 2)).mean()
+    tanh = l0_coefficient * torch.tanh(cfg.jumprelu_tanh_scale * a * norms).sum((1, 2)).mean()
+    pre = cfg.pre_act_loss_coefficient * ((clt.threshold - z).relu() * norms).sum((1, 2)).mean()
+    return mse + tanh + pre
+
+
+@pytest.mark.parametrize("decode", ["sparse", "dense"])
+def test_fused_jumprelu_gradients_equal_plain_autograd(decode: str) -> None:
+    """The fused sparse path gives every parameter the gradient of the dense formula,
+    including the threshold's straight-through gradient from entries just below θ
+    (off, so they decode to nothing, but inside the window)."""
+    torch.manual_seed(0)
+    cfg = TrainingCrossLayerTranscoderConfig(
+        n_layers=3,
+        d_in=8,
+        d_sae=32,
+        jumprelu_bandwidth=0.4,
+        pre_act_loss_coefficient=0.05,
+        decode_sparse_below=1.0 if decode == "sparse" else 0.0,
+        dtype="float64",
+    )
+    clt = TrainingCrossLayerTranscoder(cfg)
+    x, y = torch.randn(64, 3, 8, dtype=torch.float64), torch.randn(64, 3, 8, dtype=torch.float64)
+    with torch.no_grad():
+        clt.threshold.uniform_(0.2, 1.0)
+        for w in clt.W_dec:
+            w.normal_()
+    z = torch.einsum("nli,lif->nlf", x, clt.W_enc) + clt.b_enc
+    gap = (z - clt.threshold).detach()
+    assert ((gap > -0.2) & (gap <= 0)).sum() > 20  # off entries inside the window exist
+    assert ((gap > 0) & (gap < 0.2)).sum() > 20  # and on entries inside it
+
+    fused = clt.training_losses(x, y, 0.3).loss
+    fused.backward()
+    grads = {k: p.grad.clone() for k, p in clt.named_parameters()}
+    clt.zero_grad()
+    ref = reference_jumprelu_loss(clt, x, y, 0.3)
+    ref.backward()
+    torch.testing.assert_close(fused, ref)
+    for k, p in clt.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, msg=f"gradient of {k} differs")
+    assert grads["threshold"].abs().sum() > 0
 
 
 def test_init_starts_features_alive() -> None:
@@ -109,7 +168,7 @@ def test_per_layer_mode_keeps_only_diagonal_blocks() -> None:
     )
     clt = TrainingCrossLayerTranscoder(cfg)
     x, y = torch.randn(10, 3, 8), torch.randn(10, 3, 8)
-    loss, _, _ = clt.training_losses(x, y, 0.1)
+    loss = clt.training_losses(x, y, 0.1).loss
     loss.backward()
     torch.optim.Adam(clt.parameters(), lr=0.1).step()
     clt.after_optimizer_step()

@@ -20,14 +20,191 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from sae_lens.saes.jumprelu_sae import JumpReLU
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainingSAEConfig
 from typing_extensions import override
 
-from sae_lens_clt.clt import ARCHITECTURE, CrossLayerTranscoder, CrossLayerTranscoderConfig
+from sae_lens_clt.clt import (
+    ARCHITECTURE,
+    CrossLayerTranscoder,
+    CrossLayerTranscoderConfig,
+    _SparseDecode,
+)
+
+
+class SparseActivations(NamedTuple):
+    """Feature activations ``[N, L, F]`` as entries sorted by (layer, row, feature).
+
+    ``layer``, ``row``, ``feature``, ``values``: ``[nnz]`` each; ``shape`` = ``(N, L, F)``.
+    Every active entry is listed; some listed entries may hold an explicit 0 (the
+    training path also lists features just below their threshold).
+    """
+
+    layer: torch.Tensor
+    row: torch.Tensor
+    feature: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, int, int]
+
+    def to_dense(self) -> torch.Tensor:
+        """``[N, L, F]`` with zeros where no feature fired."""
+        out = self.values.new_zeros(self.shape)
+        out[self.row, self.layer, self.feature] = self.values
+        return out
+
+    def fired(self) -> torch.Tensor:
+        """``[L, F]`` bool: which features fired on at least one token."""
+        _, L, F = self.shape
+        on = (self.values != 0).to(torch.float32)
+        counts = torch.bincount(self.layer * F + self.feature, weights=on, minlength=L * F)
+        return (counts > 0).view(L, F)
+
+    def l0(self) -> float:
+        """Mean number of active features per token and layer."""
+        N, L, _ = self.shape
+        return (self.values != 0).sum().item() / max(1, N * L)
+
+
+class TrainingStepOutput(NamedTuple):
+    """What :meth:`TrainingCrossLayerTranscoder.training_losses` returns."""
+
+    loss: torch.Tensor  # scalar, differentiable
+    parts: dict[str, torch.Tensor]  # mse_loss, l0_loss, pre_act_loss (scalars)
+    acts: SparseActivations
+    y_hat: torch.Tensor  # [N, L, d_out], detached reconstruction
+
+
+class _JumpReLUTrainFn(torch.autograd.Function):
+    """Encoder, JumpReLU with its straight-through threshold gradient, tanh sparsity and
+    pre-activation losses in one function that returns the activations sparse.
+
+    Inputs: ``x [L, N, d_in]`` (layer-major), ``W_enc [L, d_in, F]``, ``b_enc``, ``θ`` and
+    the decoder norms ``n`` (``[L, F]`` each), tanh scale ``c``, bandwidth ``ε``, and
+    ``sparse_below`` (below this share of pattern entries the encoder's weight gradient
+    comes from the sparse pattern rather than a dense product). With ``d = z - θ = x W_enc + b_enc - θ``, the outputs over the
+    *pattern* entries ``d > -ε/2`` (the active ones plus those inside the threshold's
+    window, sorted by layer, row, feature) are
+
+    - ``values [P]``: ``a = z`` where ``d > 0``, else 0; ``layer, row, col [P]``,
+    - ``sparsity = Σ tanh(c · a · n)`` and ``pre_act = Σ_{all entries} relu(-d) · n``
+      (sums over the batch; the caller divides by N).
+
+    Backward is SAELens' JumpReLU rule: ``∂a/∂z = 1[z > θ]``,
+    ``∂a/∂θ = -(θ/ε) · 1[|z - θ| < ε/2]``; the gradient reaching ``values`` at window
+    entries that are off (value 0) is what moves θ down, so those entries are in the
+    pattern although they decode to nothing.
+
+    Nothing of size ``L × N × F`` survives the forward pass: the pre-activation term is
+    dense, but ``Σ_n relu(-d) = Σ_n max(d, 0) - Σ_n d`` where the first sum runs over the
+    pattern and ``Σ_n d = (Σ_n x) W_enc + N (b_enc - θ)``; likewise its gradient
+    ``-n · 1[d < 0] = n · 1[d >= 0] - n`` is a sparse part plus a rank-one part. So the
+    only dense work is the encoder product, one comparison and one ``nonzero``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        theta: torch.Tensor,
+        norms: torch.Tensor,
+        c: float,
+        eps: float,
+        sparse_below: float,
+    ) -> tuple[torch.Tensor, ...]:
+        L, N, _ = x.shape
+        F = W_enc.shape[-1]
+        dt = W_enc.dtype
+        bias = b_enc - theta.to(dt)  # [L, F]
+        # the bias rides in the product as a row of W (x gets a column of ones): one pass
+        ones = torch.ones(L, N, 1, dtype=dt, device=x.device)
+        d = torch.bmm(torch.cat([x, ones], 2), torch.cat([W_enc, bias[:, None]], 1)).view(-1)
+        idx = (d > -eps / 2).nonzero().squeeze(1)  # [P], sorted: (layer, row, col)
+        d_p = d[idx]
+        del d
+        layer = idx // (N * F)
+        row = (idx // F) % N
+        col = idx % F
+        lf = layer * F + col  # [P] index into [L * F]
+        theta_p, n_p = theta.reshape(-1)[lf].to(dt), norms.reshape(-1)[lf].to(dt)
+        zero = torch.zeros((), dtype=dt, device=x.device)
+        active = d_p > 0
+        values = torch.where(active, d_p + theta_p, zero)
+        t = torch.tanh(c * values * n_p)
+        x_sum = x.sum(1)  # [L, d_in]
+        sum_d = torch.bmm(x_sum[:, None, :], W_enc).squeeze(1) + N * bias  # Σ_n d: [L, F]
+        pos_sum = torch.zeros(L * F, dtype=dt, device=x.device)
+        pos_sum.index_add_(0, lf, torch.where(active, d_p, zero))  # Σ_n max(d, 0)
+        relu_sum = pos_sum.view(L, F) - sum_d  # Σ_n relu(θ - z)
+        pre_act = (relu_sum * norms.to(dt)).sum()
+        ctx.mark_non_differentiable(layer, row, col)
+        ctx.save_for_backward(x, theta, norms, layer, row, col, lf, d_p, t, values, relu_sum)
+        ctx.c, ctx.eps, ctx.F = c, eps, F
+        ctx.sparse_grad = idx.numel() < sparse_below * L * N * F
+        return values, layer, row, col, t.sum(), pre_act
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any,
+        g_values: torch.Tensor,
+        _layer: Any,
+        _row: Any,
+        _col: Any,
+        g_sparsity: torch.Tensor,
+        g_pre: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, ...]:
+        x, theta, norms, layer, row, col, lf, d_p, t, values, relu_sum = ctx.saved_tensors
+        c, eps, F = ctx.c, ctx.eps, ctx.F
+        L, N, _ = x.shape
+        dt = x.dtype
+        zero = torch.zeros((), dtype=dt, device=x.device)
+        n = norms.to(dt)
+        theta_p, n_p = theta.reshape(-1)[lf].to(dt), n.reshape(-1)[lf]
+        dtanh = (1 - t * t) * c
+        g = g_values + g_sparsity * dtanh * n_p  # ∂loss/∂a at the pattern entries
+        active, nonneg = d_p > 0, d_p >= 0
+        # threshold: straight-through window term + pre-activation term (n · #{d < 0})
+        window = d_p.abs() < eps / 2
+        g_theta = torch.zeros(L * F, dtype=dt, device=x.device)
+        g_theta.index_add_(0, lf, torch.where(window, g * (-theta_p / eps), zero))
+        n_nonneg = torch.bincount(lf, weights=nonneg.to(dt), minlength=L * F).view(L, F)
+        g_theta = g_theta.view(L, F) + g_pre * n * (N - n_nonneg)
+        # decoder norms: tanh term on the pattern + pre-activation term
+        g_norms = torch.zeros(L * F, dtype=dt, device=x.device)
+        g_norms.index_add_(0, lf, g_sparsity * dtanh * values)
+        g_norms = g_norms.view(L, F) + g_pre * relu_sum
+        # ∂loss/∂z = S - g_pre · n · 1[d < 0] = G - g_pre · n, G sparse on the pattern
+        G_p = torch.where(active, g, zero) + torch.where(nonneg, g_pre * n_p, zero)
+        g_b = torch.zeros(L * F, dtype=dt, device=x.device)
+        g_b.index_add_(0, lf, G_p)
+        g_b = g_b.view(L, F) - g_pre * N * n
+        g_W = -g_pre * x.sum(1)[:, :, None] * n[:, None, :]  # rank-one part: [L, d_in, F]
+        if ctx.sparse_grad:  # x_lᵀ G_l = (G_lᵀ x_l)ᵀ with G_lᵀ sorted by column
+            counts = torch.bincount(layer, minlength=L).tolist()
+            start = 0
+            for s, count in enumerate(counts):
+                sl = slice(start, start + count)
+                start += count
+                if count == 0:
+                    continue
+                perm = torch.argsort(col[sl], stable=True)
+                gt = torch.sparse_coo_tensor(
+                    torch.stack([col[sl][perm], row[sl][perm]]),
+                    G_p[sl][perm],
+                    (F, N),
+                    check_invariants=False,
+                    is_coalesced=True,
+                )
+                g_W[s] += torch.sparse.mm(gt, x[s]).T
+        else:
+            G = torch.zeros(L * N * F, dtype=dt, device=x.device)
+            G[(layer * N + row) * F + col] = G_p
+            g_W = g_W.baddbmm_(x.transpose(1, 2), G.view(L, N, F))
+        return None, g_W, g_b, g_theta.to(theta.dtype), g_norms.to(norms.dtype), None, None, None
 
 
 @dataclass
@@ -46,7 +223,7 @@ class TrainingCrossLayerTranscoderConfig(CrossLayerTranscoderConfig, TrainingSAE
     l0_warm_up_steps: int = 0
     pre_act_loss_coefficient: float | None = 3e-6
     init_active_fraction: float = 0.05  # share of tokens each feature fires on at init
-    decode_sparse_below: float = 0.05  # use the sparse decode below this share active
+    decode_sparse_below: float = 0.07  # sparse decode + encoder grad below this share
     cross_layer_decoders: bool = True  # False: per-layer transcoders (only s -> s blocks)
     decoder_init_norm: float | None = None
 
@@ -125,19 +302,108 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
 
     def training_losses(
         self, x: torch.Tensor, y: torch.Tensor, l0_coefficient: float
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    ) -> TrainingStepOutput:
         """Loss on normalized activations.
 
-        ``x [N, L, d_in]`` and ``y [N, L, d_out]`` are already normalized. Returns
-        ``(loss, parts, acts)`` with ``parts`` holding ``mse_loss``, ``l0_loss``,
-        ``pre_act_loss`` (scalars) and ``acts [N, L, F]`` the feature activations.
+        ``x [N, L, d_in]`` and ``y [N, L, d_out]`` are already normalized. Returns a
+        :class:`TrainingStepOutput`: ``loss``, ``parts`` (``mse_loss``, ``l0_loss``,
+        ``pre_act_loss``, scalars), ``acts`` (:class:`SparseActivations`, the active
+        entries of ``[N, L, F]``) and ``y_hat [N, L, d_out]`` (detached).
+
+        JumpReLU CLTs take a fused path (:class:`_JumpReLUTrainFn`) that keeps the
+        activations sparse end to end and touches each dense ``[L, N, F]`` tensor only a
+        few times; other activations use plain autograd.
         """
-        acts, hidden_pre = self.encode_with_hidden_pre(x)
-        density = (acts.detach() != 0).float().mean().item()
-        if density < self.cfg.decode_sparse_below:
-            y_hat = self.decode_sparse(acts, x)
+        self._check_input(x, self.cfg.d_in, "CLT input")
+        self._check_input(y, self.cfg.d_out, "CLT target")
+        if self.cfg.activation_fn == "jumprelu" and not self.cfg.jumprelu_ste_to_input:
+            return self._jumprelu_losses(x, y, l0_coefficient)
+        return self._generic_losses(x, y, l0_coefficient)
+
+    def _jumprelu_losses(
+        self, x: torch.Tensor, y: torch.Tensor, l0_coefficient: float
+    ) -> TrainingStepOutput:
+        N = x.shape[0]
+        L, F = self.cfg.n_layers, self.cfg.d_sae
+        x_t = x.to(self.dtype).transpose(0, 1).contiguous()  # [L, N, d_in]
+        dec_norm = self.decoder_norms()  # [L, F]
+        values, layer, row, col, sparsity, pre_act = _JumpReLUTrainFn.apply(
+            x_t,
+            self.W_enc,
+            self.b_enc,
+            self.threshold,
+            dec_norm,
+            self.cfg.jumprelu_tanh_scale,
+            self.cfg.jumprelu_bandwidth,
+            self.cfg.decode_sparse_below,
+        )
+        if values.numel() < self.cfg.decode_sparse_below * L * N * F:
+            y_hat = self._decode_pattern_sparse(values, layer, row, col, N)
         else:
-            y_hat = self.decode(acts, x)
+            y_hat = self._decode_pattern_dense(values, layer, row, col, N)
+        y_hat = y_hat + self.b_dec
+        if self.cfg.skip_connection:
+            y_hat = y_hat + torch.einsum("nli,lio->nlo", x.to(self.dtype), self.W_skip)
+        mse = (y_hat - y).pow(2).sum(dim=(-1, -2)).mean()
+        parts = {"mse_loss": mse, "l0_loss": l0_coefficient * sparsity / N}
+        loss = mse + parts["l0_loss"]
+        if self.cfg.pre_act_loss_coefficient:
+            parts["pre_act_loss"] = self.cfg.pre_act_loss_coefficient * pre_act / N
+            loss = loss + parts["pre_act_loss"]
+        else:  # still computed: it keeps a NaN in the pre-activations visible in the loss
+            loss = loss + 0.0 * pre_act
+        acts = SparseActivations(layer, row, col, values.detach(), (N, L, F))  # incl. window 0s
+        return TrainingStepOutput(loss, parts, acts, y_hat.detach())
+
+    def _decode_pattern_sparse(
+        self,
+        values: torch.Tensor,
+        layer: torch.Tensor,
+        row: torch.Tensor,
+        col: torch.Tensor,
+        n: int,
+    ) -> torch.Tensor:
+        """``Σ_s a_s W_dec[s]`` from entries sorted by (layer, row, col): ``[n, L, d_out]``."""
+        L, do = self.cfg.n_layers, self.cfg.d_out
+        counts = torch.bincount(layer, minlength=L).tolist()
+        out = values.new_zeros(n, L, do)
+        start = 0
+        for s, count in enumerate(counts):
+            sl = slice(start, start + count)
+            start += count
+            if count == 0:
+                continue
+            contrib = _SparseDecode.apply(values[sl], row[sl], col[sl], self.W_dec[s].flatten(1), n)
+            out[:, s:] = out[:, s:] + contrib.view(n, L - s, do)
+        return out
+
+    def _decode_pattern_dense(
+        self,
+        values: torch.Tensor,
+        layer: torch.Tensor,
+        row: torch.Tensor,
+        col: torch.Tensor,
+        n: int,
+    ) -> torch.Tensor:
+        """Same as :meth:`_decode_pattern_sparse` through dense ``[n, F]`` products."""
+        L, F, do = self.cfg.n_layers, self.cfg.d_sae, self.cfg.d_out
+        counts = torch.bincount(layer, minlength=L).tolist()
+        out = values.new_zeros(n, L, do)
+        start = 0
+        for s, count in enumerate(counts):
+            sl = slice(start, start + count)
+            start += count
+            dense = values.new_zeros(n * F).index_put((row[sl] * F + col[sl],), values[sl])
+            contrib = dense.view(n, F) @ self.W_dec[s].flatten(1)  # [n, (L-s)*d_out]
+            out[:, s:] = out[:, s:] + contrib.view(n, L - s, do)
+        return out
+
+    def _generic_losses(
+        self, x: torch.Tensor, y: torch.Tensor, l0_coefficient: float
+    ) -> TrainingStepOutput:
+        """Plain-autograd path (ReLU, TopK, JumpReLU with the STE to the input)."""
+        acts, hidden_pre = self.encode_with_hidden_pre(x)
+        y_hat = self.decode(acts, x)
         mse = (y_hat - y).pow(2).sum(dim=(-1, -2)).mean()
         dec_norm = self.decoder_norms()  # [L, F]
         parts = {"mse_loss": mse}
@@ -151,7 +417,14 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
             pre_act = ((theta - hidden_pre).relu() * dec_norm).sum((-1, -2)).mean()
             parts["pre_act_loss"] = self.cfg.pre_act_loss_coefficient * pre_act
             loss = loss + parts["pre_act_loss"]
-        return loss, parts, acts
+        n, l_, f = acts.detach().nonzero(as_tuple=True)
+        order = torch.argsort(
+            l_ * acts.shape[0] + n, stable=True
+        )  # layer-major like the fused path
+        sparse = SparseActivations(
+            l_[order], n[order], f[order], acts.detach()[n, l_, f][order], tuple(acts.shape)
+        )
+        return TrainingStepOutput(loss, parts, sparse, y_hat.detach())
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

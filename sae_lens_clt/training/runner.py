@@ -89,7 +89,7 @@ class CLTTrainingRunnerConfig:
     l0_warm_up_steps: int | None = None  # default: 25 % of the steps
     pre_act_loss_coefficient: float | None = 3e-6
     init_active_fraction: float = 0.05
-    decode_sparse_below: float = 0.05
+    decode_sparse_below: float = 0.07
     # optimisation
     training_tokens: int = 2_000_000
     train_batch_size_tokens: int = 1024
@@ -325,7 +325,8 @@ class CLTTrainingRunner:
             x = x.to(clt.dtype) * clt.in_scale[:, None]
             y = y.to(clt.dtype) * clt.out_scale[:, None]
             l0_coef = c.l0_coefficient * min(1.0, (self.step + 1) / warm)
-            loss, parts, acts = clt.training_losses(x, y, l0_coef)
+            out = clt.training_losses(x, y, l0_coef)
+            loss, parts, acts = out.loss, out.parts, out.acts
             if not torch.isfinite(loss):
                 pbar.close()
                 last = self._last_checkpoint()
@@ -343,11 +344,11 @@ class CLTTrainingRunner:
             self.step += 1
             self.n_tokens += x.shape[0]
             with torch.no_grad():
-                fired = (acts != 0).any(0).cpu()  # [L, F]
+                fired = acts.fired().cpu()  # [L, F]
                 steps_since_fired += 1
                 steps_since_fired[fired] = 0
             if self.step % c.log_every_n_steps == 0 or self.step == steps:
-                m = self._metrics(parts, acts, x, y, clt, steps_since_fired, l0_coef)
+                m = self._metrics(parts, acts, out.y_hat, y, steps_since_fired, l0_coef)
                 m["lr"] = scheduler.get_last_lr()[0]
                 m["elapsed_s"] = time.perf_counter() - t0
                 m["tokens_per_s"] = self.n_tokens / max(1e-9, m["elapsed_s"])
@@ -388,13 +389,12 @@ class CLTTrainingRunner:
         clt.initialize_from_data(x * clt.in_scale[:, None])
 
     @torch.no_grad()
-    def _metrics(self, parts, acts, x, y, clt, steps_since_fired, l0_coef) -> dict[str, float]:
-        y_hat = clt.decode_sparse(acts, x)
+    def _metrics(self, parts, acts, y_hat, y, steps_since_fired, l0_coef) -> dict[str, float]:
         var = (y - y.mean(0)).pow(2).sum()
         m = {k: v.item() for k, v in parts.items()}
         m["loss"] = sum(m.values())
         m["nmse"] = ((y_hat - y).pow(2).sum() / var).item()
-        m["l0"] = (acts != 0).float().sum(-1).mean().item()
+        m["l0"] = acts.l0()
         m["dead_features"] = int((steps_since_fired >= self.cfg.dead_feature_window).sum())
         m["l0_coefficient"] = l0_coef
         m["step"] = self.step
