@@ -212,6 +212,45 @@ def test_runner_trains_saves_and_loads(tmp_path: Path) -> None:
     assert result.n_tokens > 100
 
 
+
+def test_load_inference_weights_round_trips() -> None:
+    torch.manual_seed(0)
+    cfg = TrainingCrossLayerTranscoderConfig(n_layers=3, d_in=8, d_sae=16, skip_connection=True)
+    source = TrainingCrossLayerTranscoder(cfg)
+    with torch.no_grad():
+        source.in_scale.copy_(torch.tensor([0.5, 3.0, 1.5]))
+        source.out_scale.copy_(torch.tensor([2.0, 0.25, 4.0]))
+        source.W_skip.normal_()
+        source.threshold.uniform_(0.0, 0.3)
+    trained = source.to_inference()
+    fresh = TrainingCrossLayerTranscoder(cfg)
+    with torch.no_grad():
+        fresh.in_scale.copy_(torch.tensor([1.0, 2.0, 0.3]))  # the new run's own scales
+        fresh.out_scale.copy_(torch.tensor([0.7, 1.0, 5.0]))
+    fresh.load_inference_weights(trained)
+    x = torch.randn(6, 3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.to_inference()(x), trained(x), atol=1e-5, rtol=1e-5)
+    wrong = TrainingCrossLayerTranscoder(
+        TrainingCrossLayerTranscoderConfig(n_layers=3, d_in=8, d_sae=32)
+    )
+    with pytest.raises(ValueError, match=r"d_sae: 16 \(run: 32\)"):
+        wrong.load_inference_weights(trained)
+
+
+def test_runner_continues_from_a_trained_clt(tmp_path: Path) -> None:
+    _, first = run_tiny(tiny_cfg(output_path=str(tmp_path / "first")))
+    runner, _ = run_tiny(
+        tiny_cfg(from_pretrained_path=str(tmp_path / "first"), training_tokens=4 * 128, lr=1e-9)
+    )
+    start = runner.metrics_history[0]
+    # at lr ~0 the continued run reconstructs as well as the first run ended, from step 1
+    scratch, _ = run_tiny(tiny_cfg(training_tokens=4 * 128, lr=1e-9))
+    assert start["nmse"] < 0.9 * scratch.metrics_history[0]["nmse"]
+    x = torch.randn(3, 2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(runner.training_clt.to_inference()(x), first(x), atol=1e-4, rtol=1e-4)
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys

@@ -271,6 +271,42 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         theta = self.threshold if self.cfg.activation_fn == "jumprelu" else 0.0
         self.b_enc.copy_((theta - q + 1e-3).to(self.dtype))
 
+    @torch.no_grad()
+    def load_inference_weights(self, clt: CrossLayerTranscoder) -> None:
+        """Start from a trained inference CLT (weights on raw activations).
+
+        The current ``in_scale`` / ``out_scale`` are unfolded into the weights, so that
+        :meth:`to_inference` gives ``clt`` back. Shapes and activation must match.
+        """
+        mine, theirs = self.cfg, clt.cfg
+        fields = ("n_layers", "d_in", "d_out", "d_sae", "activation_fn", "skip_connection")
+        wrong = [
+            f"{f}: {getattr(theirs, f)!r} (run: {getattr(mine, f)!r})"
+            for f in fields
+            if getattr(mine, f) != getattr(theirs, f)
+        ]
+        if wrong:
+            raise ValueError(
+                "from_pretrained_path: the CLT does not fit this run's settings: "
+                + "; ".join(wrong)
+                + ". Set d_sae / activation_fn / skip_connection to match, or train from scratch."
+            )
+        if clt.lazy_decoder is not None:
+            raise ValueError("from_pretrained_path: load the CLT eagerly (lazy=False)")
+        in_s = self.in_scale.to(self.dtype)
+        out_s = self.out_scale.to(self.dtype)
+        self.W_enc.copy_(clt.W_enc.to(self.dtype) / in_s[:, None, None])
+        self.b_enc.copy_(clt.b_enc)
+        self.b_dec.copy_(clt.b_dec.to(self.dtype) * out_s[:, None])
+        for s, w in enumerate(self.W_dec):
+            w.copy_(clt.W_dec[s].to(self.dtype) * out_s[s:, None])
+        if mine.activation_fn == "jumprelu":
+            self.threshold.copy_(clt.threshold)
+        if mine.skip_connection:
+            self.W_skip.copy_(clt.W_skip.to(self.dtype) * (out_s / in_s)[:, None, None])
+        if not mine.cross_layer_decoders:
+            self.zero_cross_layer_blocks()
+
     # ------------------------------------------------------------------ losses
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:

@@ -17,7 +17,8 @@ Algorithm:
    weights, Adam state, step, token count, data position and RNG state. ``resume`` rebuilds
    the same data stream from the seed and replays it up to the checkpoint (model forward
    passes only), so a resumed run sees exactly the batches of an uninterrupted one and ends
-   at the same weights.
+   at the same weights. ``from_pretrained_path`` instead starts a new run from a trained
+   CLT (its weights, with the run's own normalization scales unfolded into them).
 5. The result is an inference :class:`CrossLayerTranscoder` with the scales folded in;
    ``output_path`` (if set) receives it in the SAELens layout.
 """
@@ -110,6 +111,7 @@ class CLTTrainingRunnerConfig:
     n_checkpoints: int = 0
     output_path: str | None = None
     resume_from_checkpoint: str | None = None
+    from_pretrained_path: str | None = None  # start from a trained CLT (name, Hub id or folder)
     log_every_n_steps: int = 10
     log_to_wandb: bool = False
     wandb_project: str = "sae_lens_clt"
@@ -312,6 +314,11 @@ class CLTTrainingRunner:
             )
         else:
             self._estimate_norms_and_init(clt, batches)
+            if c.from_pretrained_path:
+                start = CrossLayerTranscoder.from_pretrained(
+                    c.from_pretrained_path, device=c.device, dtype=c.dtype
+                )
+                clt.load_inference_weights(start)
 
         checkpoint_steps = self._checkpoint_steps(steps)
         warm = max(1, clt.cfg.l0_warm_up_steps)
