@@ -212,7 +212,6 @@ def test_runner_trains_saves_and_loads(tmp_path: Path) -> None:
     assert result.n_tokens > 100
 
 
-
 def test_load_inference_weights_round_trips() -> None:
     torch.manual_seed(0)
     cfg = TrainingCrossLayerTranscoderConfig(n_layers=3, d_in=8, d_sae=16, skip_connection=True)
@@ -249,7 +248,40 @@ def test_runner_continues_from_a_trained_clt(tmp_path: Path) -> None:
     assert start["nmse"] < 0.9 * scratch.metrics_history[0]["nmse"]
     x = torch.randn(3, 2, 32)
     with torch.no_grad():
-        torch.testing.assert_close(runner.training_clt.to_inference()(x), first(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            runner.training_clt.to_inference()(x), first(x), atol=1e-4, rtol=1e-4
+        )
+
+
+def test_replacement_kl_matches_evaluation_and_trains(tmp_path: Path) -> None:
+    """The end-to-end term is the KL that evaluate_clt reports, and it has gradients."""
+    runner, clt = run_tiny(tiny_cfg())
+    model = make_tiny_lm()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tokens = token_batches_from_texts(model, make_text_dataset(20, seed=3)["text"], 32, 4)[0]
+    tclt = runner.training_clt
+    kl = tclt.replacement_kl(model, tokens)
+    reported = evaluate_clt(model, clt, [tokens]).kl_to_original
+    assert abs(kl.item() - reported) < 1e-4 * max(1.0, reported)
+    kl.backward()
+    assert tclt.W_enc.grad.abs().sum() > 0 and tclt.W_dec[0].grad.abs().sum() > 0
+    assert tclt.threshold.grad.abs().sum() > 0
+    # in the runner: logged as a loss part; the user's model keeps its requires_grad flags
+    model2 = make_tiny_lm()
+    r2 = CLTTrainingRunner(
+        tiny_cfg(kl_coefficient=1.0, kl_batch_size_prompts=4),
+        override_model=model2,
+        override_dataset=make_text_dataset(),
+    )
+    r2.run()
+    assert all("kl_loss" in h for h in r2.metrics_history)
+    assert all(p.requires_grad for p in model2.parameters())
+    with pytest.raises(ValueError, match="needs a datasets.Dataset with a 'text' column"):
+        CLTTrainingRunner(
+            tiny_cfg(kl_coefficient=1.0, dataset_path="some/dataset"), override_model=model2
+        )._kl_token_batches()
+
 
 KILL_SCRIPT = textwrap.dedent(
     """

@@ -18,6 +18,7 @@ Algorithm (one step on a batch of ``N`` tokens, normalized activations):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -461,6 +462,50 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
             l_[order], n[order], f[order], acts.detach()[n, l_, f][order], tuple(acts.shape)
         )
         return TrainingStepOutput(loss, parts, sparse, y_hat.detach())
+
+    def replacement_kl(self, model: Any, tokens: torch.Tensor, keep_first: int = 1) -> torch.Tensor:
+        """Mean KL(model ‖ replacement model) over predicted tokens; differentiable.
+
+        ``tokens [B, T]``. The replacement model has every MLP output replaced by this CLT's
+        reconstruction from the replacement model's own MLP inputs (so errors compound as
+        in :func:`sae_lens_clt.evals.evaluate_clt`); positions before ``keep_first`` keep
+        the original MLP outputs. Gradients reach the CLT through every layer; the model's
+        own parameters should have ``requires_grad=False``.
+        """
+        cfg = self.cfg
+        with torch.no_grad():
+            clean = model(tokens)[:, keep_first:-1].float().log_softmax(-1)
+        acts: dict[int, torch.Tensor] = {}
+        inputs: dict[int, torch.Tensor] = {}
+
+        def read(value: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
+            x = value.to(self.dtype).flatten(0, 1) * self.in_scale[layer]  # [B*T, d_in]
+            inputs[layer] = x
+            z = x @ self.W_enc[layer] + self.b_enc[layer]
+            if cfg.activation_fn == "jumprelu":
+                acts[layer] = JumpReLU.apply(
+                    z, self.threshold[layer], cfg.jumprelu_bandwidth, cfg.jumprelu_ste_to_input
+                )
+            else:
+                acts[layer] = self.activation(z, layer)
+            return value
+
+        def write(value: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
+            new = self.b_dec[layer] + sum(
+                acts[s] @ self.W_dec[s][:, layer - s] for s in range(layer + 1)
+            )
+            if cfg.skip_connection:
+                new = new + inputs[layer] @ self.W_skip[layer]
+            new = (new / self.out_scale[layer]).view_as(value).to(value.dtype)
+            return torch.cat([value[:, :keep_first], new[:, keep_first:]], dim=1)
+
+        hooks = []
+        for layer in range(cfg.n_layers):
+            hooks.append((cfg.hook_in(layer), functools.partial(read, layer=layer)))
+            hooks.append((cfg.hook_out(layer), functools.partial(write, layer=layer)))
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        replaced = logits[:, keep_first:-1].float().log_softmax(-1)
+        return (clean.exp() * (clean - replaced)).sum(-1).mean()
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

@@ -90,6 +90,10 @@ class CLTTrainingRunnerConfig:
     l0_warm_up_steps: int | None = None  # default: 25 % of the steps
     pre_act_loss_coefficient: float | None = 3e-6
     init_active_fraction: float = 0.05
+    # end-to-end term: kl_coefficient * KL(model || replacement model) on kl_batch_size_prompts
+    # sequences per step (0 = off; costs two extra model passes per step)
+    kl_coefficient: float = 0.0
+    kl_batch_size_prompts: int = 8
     decode_sparse_below: float = 0.07
     # optimisation
     training_tokens: int = 2_000_000
@@ -288,6 +292,18 @@ class CLTTrainingRunner:
 
     # ------------------------------------------------------------------ run
     def run(self) -> CrossLayerTranscoder:
+        # the model is frozen: no gradients for its weights (the KL term backpropagates
+        # through it to the CLT); the flags are restored afterwards
+        flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in flags:
+            p.requires_grad_(False)
+        try:
+            return self._run()
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    def _run(self) -> CrossLayerTranscoder:
         c = self.cfg
         torch.manual_seed(c.seed)  # the mixing buffer's shuffles draw from this generator
         store = self._make_store()
@@ -320,6 +336,7 @@ class CLTTrainingRunner:
                 )
                 clt.load_inference_weights(start)
 
+        kl_batches = self._kl_token_batches() if c.kl_coefficient else []
         checkpoint_steps = self._checkpoint_steps(steps)
         warm = max(1, clt.cfg.l0_warm_up_steps)
         wandb_run = self._wandb_init()
@@ -334,6 +351,10 @@ class CLTTrainingRunner:
             l0_coef = c.l0_coefficient * min(1.0, (self.step + 1) / warm)
             out = clt.training_losses(x, y, l0_coef)
             loss, parts, acts = out.loss, out.parts, out.acts
+            if kl_batches:
+                tokens = kl_batches[self.step % len(kl_batches)]
+                parts["kl_loss"] = c.kl_coefficient * clt.replacement_kl(self.model, tokens)
+                loss = loss + parts["kl_loss"]
             if not torch.isfinite(loss):
                 pbar.close()
                 last = self._last_checkpoint()
@@ -382,6 +403,32 @@ class CLTTrainingRunner:
         return inference
 
     # ------------------------------------------------------------------ pieces
+    def _kl_token_batches(self) -> list[torch.Tensor]:
+        """Token batches ``[kl_batch_size_prompts, context_size]`` for the KL term.
+
+        From up to 4,000 documents of the training dataset (a seeded shuffle), packed as in
+        evaluation; step ``i`` uses batch ``i mod n``, so a resumed run sees the same ones.
+        """
+        from sae_lens_clt.evals import token_batches_from_texts
+
+        ds = self.dataset
+        if isinstance(ds, str) or "text" not in getattr(ds, "column_names", []):
+            raise ValueError(
+                "kl_coefficient > 0 needs a datasets.Dataset with a 'text' column: pass "
+                "override_dataset (or use the default model's corpus), or set kl_coefficient=0"
+            )
+        ds = ds.shuffle(seed=self.cfg.seed + 1)
+        texts = ds.select(range(min(len(ds), 4000)))["text"]
+        batches = token_batches_from_texts(
+            self.model, texts, self.cfg.context_size, self.cfg.kl_batch_size_prompts
+        )
+        batches = [
+            b.to(self.cfg.device) for b in batches if b.shape[0] == self.cfg.kl_batch_size_prompts
+        ]
+        if not batches:
+            raise ValueError("kl_coefficient > 0: the dataset is too small for one KL batch")
+        return batches
+
     @torch.no_grad()
     def _estimate_norms_and_init(self, clt: TrainingCrossLayerTranscoder, batches) -> None:
         xs, ys = [], []
