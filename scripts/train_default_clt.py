@@ -48,6 +48,9 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)"
     )
     p.add_argument("--skip", action="store_true", help="train with a linear skip connection")
+    p.add_argument("--kl-coefficient", type=float, default=0.0, help="end-to-end KL term weight")
+    p.add_argument("--from-pretrained", default=None, help="start from this trained CLT")
+    p.add_argument("--l0-warm-up-steps", type=int, default=None, help="default: 25 %% of steps")
     p.add_argument("--no-labels", action="store_true", help="skip computing feature labels")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--checkpoint-path", default=None)
@@ -73,6 +76,9 @@ def main() -> None:
         lr=args.lr,
         l0_coefficient=args.l0_coefficient,
         skip_connection=args.skip,
+        kl_coefficient=args.kl_coefficient,
+        from_pretrained_path=args.from_pretrained,
+        l0_warm_up_steps=args.l0_warm_up_steps,
         checkpoint_path=args.checkpoint_path,
         n_checkpoints=4 if args.checkpoint_path else 0,
         log_every_n_steps=25,
