@@ -123,7 +123,9 @@ def node_name(graph: Any, index: int, tok_strs: list[str], labels: dict) -> str:
     return f"logit {graph.metadata['logit_token_strings'][i]!r}"
 
 
-def run_demo(out_dir: str | Path = "demo_out", verbose: bool = True) -> DemoResult:
+def run_demo(
+    out_dir: str | Path = "demo_out", verbose: bool = True, clt_name: str | None = None
+) -> DemoResult:
     from sae_lens_clt import DEFAULT_CLT, DEFAULT_MODEL, CrossLayerTranscoder, load_model
     from sae_lens_clt.attribution import attribute, intervene
     from sae_lens_clt.labels import label_map, load_labels
@@ -134,10 +136,11 @@ def run_demo(out_dir: str | Path = "demo_out", verbose: bool = True) -> DemoResu
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(DEFAULT_MODEL)
-    clt = CrossLayerTranscoder.from_pretrained(DEFAULT_CLT)
-    labels = label_map(load_labels(fetch(DEFAULT_CLT)))
+    clt_name = clt_name or DEFAULT_CLT  # any CLT of the default model: name, Hub id, folder
+    clt = CrossLayerTranscoder.from_pretrained(clt_name)
+    labels = label_map(load_labels(fetch(clt_name)))
     say(f"model {DEFAULT_MODEL}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}")
-    say(f"CLT {DEFAULT_CLT}: {clt.cfg.d_sae} features per layer; {len(labels)} labels cached")
+    say(f"CLT {clt_name}: {clt.cfg.d_sae} features per layer; {len(labels)} labels cached")
 
     prompt = PROMPT.format(city=SOURCE_CITY)
     graph = attribute(model, clt, prompt)

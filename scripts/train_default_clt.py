@@ -10,6 +10,9 @@
    the CLT (``feature_labels.json``).
 
 Run: ``python scripts/train_default_clt.py [--training-tokens N] [--out DIR]``.
+``--finetune-tokens N`` adds a second stage: continue from the stage-1 CLT for N tokens
+with the end-to-end KL term (``--finetune-kl``), which raises the replacement model's
+agreement with the original at almost the same reconstruction error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,6 +55,14 @@ def main() -> None:
     p.add_argument("--kl-coefficient", type=float, default=0.0, help="end-to-end KL term weight")
     p.add_argument("--from-pretrained", default=None, help="start from this trained CLT")
     p.add_argument("--l0-warm-up-steps", type=int, default=None, help="default: 25 %% of steps")
+    p.add_argument(
+        "--finetune-tokens",
+        type=int,
+        default=0,
+        help="stage 2: continue for this many tokens with the KL term (0: no stage 2)",
+    )
+    p.add_argument("--finetune-kl", type=float, default=50.0, help="stage 2 kl_coefficient")
+    p.add_argument("--finetune-lr", type=float, default=3e-4, help="stage 2 learning rate")
     p.add_argument("--no-labels", action="store_true", help="skip computing feature labels")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--checkpoint-path", default=None)
@@ -88,8 +100,25 @@ def main() -> None:
     model = load_model(model_dir=args.model_dir)
     runner = CLTTrainingRunner(cfg, override_model=model)
     clt = runner.run()
-    train_s = time.time() - t0
     clt.save_model(args.out)  # save first: evaluation must never lose a trained CLT
+    stages = [clt.cfg.metadata.training_config]
+    if args.finetune_tokens:
+        # stage 2: from the stage-1 CLT, sparsity at full strength, plus the end-to-end KL
+        cfg2 = replace(
+            cfg,
+            from_pretrained_path=str(args.out),
+            training_tokens=args.finetune_tokens,
+            kl_coefficient=args.finetune_kl,
+            lr=args.finetune_lr,
+            l0_warm_up_steps=0,
+            checkpoint_path=None,
+            n_checkpoints=0,
+        )
+        runner = CLTTrainingRunner(cfg2, override_model=model)
+        clt = runner.run()
+        clt.save_model(args.out)
+        stages.append(clt.cfg.metadata.training_config)
+    train_s = time.time() - t0
     results = {}
     for name, texts in held_out_texts().items():
         batches = token_batches_from_texts(model, texts, context_size=128, batch_size=16)[:12]
@@ -99,6 +128,7 @@ def main() -> None:
     md = clt.cfg.metadata
     md.eval_held_out = results
     md.training_seconds = round(train_s)
+    md.training_stages = stages  # the config of every stage, in order
     md.trained_by = "scripts/train_default_clt.py"
     clt.save_model(args.out)
     (args.out / "eval.json").write_text(json.dumps(results, indent=2))
