@@ -6,12 +6,16 @@ Algorithm (one step on a batch of ``N`` tokens, normalized activations):
    estimated from data so that the mean squared norm is ``d``).
 2. Encode: ``z = x W_enc + b_enc`` and ``a = JumpReLU_θ(z)`` (SAELens' straight-through
    JumpReLU: rectangle kernel of bandwidth ε gives the threshold its gradient).
-3. Decode with :meth:`decode_sparse` when the share of active features is below
-   ``decode_sparse_below``, else densely.
+   For JumpReLU, steps 2-4 run fused (:class:`_JumpReLUTrainFn`): the activations stay a
+   sparse list of the entries with ``z > θ - ε/2`` (active, or inside the threshold's
+   window, where the straight-through gradient lives).
+3. Decode sparsely when that list holds fewer than ``decode_sparse_below`` of all
+   entries, else through dense products (same result).
 4. Loss = ``Σ_t ||ŷ_t − y_t||²`` (mean over tokens)
    ``+ λ_S Σ_{s,i} tanh(c · a_{s,i} · ||W_dec[s,i]||)`` (λ_S warmed up linearly from 0)
    ``+ λ_P Σ_{s,i} relu(θ − z)·||W_dec[s,i]||``, where ``||W_dec[s,i]||`` is the norm of
-   feature i's decoder concatenated over all its target layers.
+   feature i's decoder concatenated over all its target layers
+   ``[+ λ_KL · KL(model ‖ replacement model)]`` (optional, :meth:`replacement_kl`).
 5. Saving folds ``in_scale`` / ``out_scale`` into the weights, so the saved inference
    :class:`CrossLayerTranscoder` runs on raw activations.
 """
