@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -63,6 +64,12 @@ def main() -> None:
     )
     p.add_argument("--finetune-kl", type=float, default=50.0, help="stage 2 kl_coefficient")
     p.add_argument("--finetune-lr", type=float, default=3e-4, help="stage 2 learning rate")
+    p.add_argument(
+        "--stage1-out",
+        type=Path,
+        default=None,
+        help="keep the stage-1 CLT here (default: a temp folder)",
+    )
     p.add_argument("--no-labels", action="store_true", help="skip computing feature labels")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--checkpoint-path", default=None)
@@ -102,15 +109,20 @@ def main() -> None:
     clt = runner.run()
     clt.save_model(args.out)  # save first: evaluation must never lose a trained CLT
     stages = [clt.cfg.metadata.training_config]
+    n_tokens = runner.n_tokens
     if args.finetune_tokens:
-        # stage 2: from the stage-1 CLT, sparsity at full strength, plus the end-to-end KL
+        # stage 2: from the stage-1 CLT (kept in --stage1-out), fresh data (seed + 1),
+        # sparsity at full strength from the first step, plus the end-to-end KL term
+        stage1 = args.stage1_out or Path(tempfile.mkdtemp(prefix="clt_stage1_"))
+        clt.save_model(stage1)
         cfg2 = replace(
             cfg,
-            from_pretrained_path=str(args.out),
+            from_pretrained_path=str(stage1),
             training_tokens=args.finetune_tokens,
             kl_coefficient=args.finetune_kl,
             lr=args.finetune_lr,
             l0_warm_up_steps=0,
+            seed=cfg.seed + 1,
             checkpoint_path=None,
             n_checkpoints=0,
         )
@@ -118,6 +130,7 @@ def main() -> None:
         clt = runner.run()
         clt.save_model(args.out)
         stages.append(clt.cfg.metadata.training_config)
+        n_tokens += runner.n_tokens
     train_s = time.time() - t0
     results = {}
     for name, texts in held_out_texts().items():
@@ -129,12 +142,13 @@ def main() -> None:
     md.eval_held_out = results
     md.training_seconds = round(train_s)
     md.training_stages = stages  # the config of every stage, in order
+    md.training_tokens = n_tokens  # all stages
     md.trained_by = "scripts/train_default_clt.py"
     clt.save_model(args.out)
     (args.out / "eval.json").write_text(json.dumps(results, indent=2))
     if not args.no_labels:
         label_default_clt(model, clt, args.out)
-    print(f"trained {runner.n_tokens} tokens in {train_s:.0f}s; saved to {args.out}")
+    print(f"trained {n_tokens} tokens in {train_s:.0f}s; saved to {args.out}")
 
 
 if __name__ == "__main__":

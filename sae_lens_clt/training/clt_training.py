@@ -140,12 +140,14 @@ class _JumpReLUTrainFn(torch.autograd.Function):
         active = d_p > 0
         values = torch.where(active, d_p + theta_p, zero)
         t = torch.tanh(c * values * n_p)
-        x_sum = x.sum(1)  # [L, d_in]
-        sum_d = torch.bmm(x_sum[:, None, :], W_enc).squeeze(1) + N * bias  # Σ_n d: [L, F]
-        pos_sum = torch.zeros(L * F, dtype=dt, device=x.device)
-        pos_sum.index_add_(0, lf, torch.where(active, d_p, zero))  # Σ_n max(d, 0)
-        relu_sum = pos_sum.view(L, F) - sum_d  # Σ_n relu(θ - z)
-        pre_act = (relu_sum * norms.to(dt)).sum()
+        # sums over tokens accumulate in float32 at least (bf16 sums stall near 256)
+        acc = torch.promote_types(dt, torch.float32)
+        x_sum = x.sum(1, dtype=acc)  # [L, d_in]
+        sum_d = torch.bmm(x_sum[:, None, :], W_enc.to(acc)).squeeze(1) + N * bias.to(acc)
+        pos_sum = torch.zeros(L * F, dtype=acc, device=x.device)
+        pos_sum.index_add_(0, lf, torch.where(active, d_p, zero).to(acc))  # Σ_n max(d, 0)
+        relu_sum = pos_sum.view(L, F) - sum_d  # Σ_n relu(θ - z), [L, F] in acc
+        pre_act = (relu_sum * norms.to(acc)).sum()
         ctx.mark_non_differentiable(layer, row, col)
         ctx.save_for_backward(x, theta, norms, layer, row, col, lf, d_p, t, values, relu_sum)
         ctx.c, ctx.eps, ctx.F = c, eps, F
@@ -166,28 +168,30 @@ class _JumpReLUTrainFn(torch.autograd.Function):
         c, eps, F = ctx.c, ctx.eps, ctx.F
         L, N, _ = x.shape
         dt = x.dtype
+        acc = relu_sum.dtype  # float32 or wider: the dtype of every sum over tokens
         zero = torch.zeros((), dtype=dt, device=x.device)
-        n = norms.to(dt)
-        theta_p, n_p = theta.reshape(-1)[lf].to(dt), n.reshape(-1)[lf]
+        n = norms.to(acc)
+        theta_p, n_p = theta.reshape(-1)[lf].to(dt), norms.reshape(-1)[lf].to(dt)
+        g_sparsity, g_pre = g_sparsity.to(acc), g_pre.to(acc)
         dtanh = (1 - t * t) * c
-        g = g_values + g_sparsity * dtanh * n_p  # ∂loss/∂a at the pattern entries
+        g = g_values + g_sparsity.to(dt) * dtanh * n_p  # ∂loss/∂a at the pattern entries
         active, nonneg = d_p > 0, d_p >= 0
         # threshold: straight-through window term + pre-activation term (n · #{d < 0})
         window = d_p.abs() < eps / 2
-        g_theta = torch.zeros(L * F, dtype=dt, device=x.device)
-        g_theta.index_add_(0, lf, torch.where(window, g * (-theta_p / eps), zero))
-        n_nonneg = torch.bincount(lf, weights=nonneg.to(dt), minlength=L * F).view(L, F)
+        g_theta = torch.zeros(L * F, dtype=acc, device=x.device)
+        g_theta.index_add_(0, lf, torch.where(window, g * (-theta_p / eps), zero).to(acc))
+        n_nonneg = torch.bincount(lf, weights=nonneg.to(acc), minlength=L * F).view(L, F)
         g_theta = g_theta.view(L, F) + g_pre * n * (N - n_nonneg)
         # decoder norms: tanh term on the pattern + pre-activation term
-        g_norms = torch.zeros(L * F, dtype=dt, device=x.device)
-        g_norms.index_add_(0, lf, g_sparsity * dtanh * values)
+        g_norms = torch.zeros(L * F, dtype=acc, device=x.device)
+        g_norms.index_add_(0, lf, g_sparsity * (dtanh * values).to(acc))
         g_norms = g_norms.view(L, F) + g_pre * relu_sum
         # ∂loss/∂z = S - g_pre · n · 1[d < 0] = G - g_pre · n, G sparse on the pattern
-        G_p = torch.where(active, g, zero) + torch.where(nonneg, g_pre * n_p, zero)
-        g_b = torch.zeros(L * F, dtype=dt, device=x.device)
-        g_b.index_add_(0, lf, G_p)
+        G_p = torch.where(active, g, zero) + torch.where(nonneg, g_pre.to(dt) * n_p, zero)
+        g_b = torch.zeros(L * F, dtype=acc, device=x.device)
+        g_b.index_add_(0, lf, G_p.to(acc))
         g_b = g_b.view(L, F) - g_pre * N * n
-        g_W = -g_pre * x.sum(1)[:, :, None] * n[:, None, :]  # rank-one part: [L, d_in, F]
+        g_W = -g_pre * x.sum(1, dtype=acc)[:, :, None] * n[:, None, :]  # rank one: [L, d_in, F]
         if ctx.sparse_grad:  # x_lᵀ G_l = (G_lᵀ x_l)ᵀ with G_lᵀ sorted by column
             counts = torch.bincount(layer, minlength=L).tolist()
             start = 0
@@ -208,8 +212,17 @@ class _JumpReLUTrainFn(torch.autograd.Function):
         else:
             G = torch.zeros(L * N * F, dtype=dt, device=x.device)
             G[(layer * N + row) * F + col] = G_p
-            g_W = g_W.baddbmm_(x.transpose(1, 2), G.view(L, N, F))
-        return None, g_W, g_b, g_theta.to(theta.dtype), g_norms.to(norms.dtype), None, None, None
+            g_W += torch.bmm(x.transpose(1, 2), G.view(L, N, F))
+        return (
+            None,
+            g_W.to(dt),
+            g_b.to(dt),
+            g_theta.to(theta.dtype),
+            g_norms.to(norms.dtype),
+            None,
+            None,
+            None,
+        )
 
 
 @dataclass
@@ -284,7 +297,7 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         :meth:`to_inference` gives ``clt`` back. Shapes and activation must match.
         """
         mine, theirs = self.cfg, clt.cfg
-        fields = ("n_layers", "d_in", "d_out", "d_sae", "activation_fn", "skip_connection")
+        fields = ("n_layers", "d_in", "d_out", "d_sae", "activation_fn", "k", "skip_connection")
         wrong = [
             f"{f}: {getattr(theirs, f)!r} (run: {getattr(mine, f)!r})"
             for f in fields
@@ -300,15 +313,19 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
             raise ValueError("from_pretrained_path: load the CLT eagerly (lazy=False)")
         in_s = self.in_scale.to(self.dtype)
         out_s = self.out_scale.to(self.dtype)
-        self.W_enc.copy_(clt.W_enc.to(self.dtype) / in_s[:, None, None])
-        self.b_enc.copy_(clt.b_enc)
-        self.b_dec.copy_(clt.b_dec.to(self.dtype) * out_s[:, None])
+
+        def get(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, self.dtype)
+
+        self.W_enc.copy_(get(clt.W_enc) / in_s[:, None, None])
+        self.b_enc.copy_(get(clt.b_enc))
+        self.b_dec.copy_(get(clt.b_dec) * out_s[:, None])
         for s, w in enumerate(self.W_dec):
-            w.copy_(clt.W_dec[s].to(self.dtype) * out_s[s:, None])
+            w.copy_(get(clt.W_dec[s]) * out_s[s:, None])
         if mine.activation_fn == "jumprelu":
-            self.threshold.copy_(clt.threshold)
+            self.threshold.copy_(get(clt.threshold))
         if mine.skip_connection:
-            self.W_skip.copy_(clt.W_skip.to(self.dtype) * (out_s / in_s)[:, None, None])
+            self.W_skip.copy_(get(clt.W_skip) * (out_s / in_s)[:, None, None])
         if not mine.cross_layer_decoders:
             self.zero_cross_layer_blocks()
 
@@ -346,7 +363,8 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
     ) -> TrainingStepOutput:
         """Loss on normalized activations.
 
-        ``x [N, L, d_in]`` and ``y [N, L, d_out]`` are already normalized. Returns a
+        ``x [..., L, d_in]`` and ``y [..., L, d_out]`` are already normalized (leading
+        dimensions are flattened into ``N`` tokens). Returns a
         :class:`TrainingStepOutput`: ``loss``, ``parts`` (``mse_loss``, ``l0_loss``,
         ``pre_act_loss``, scalars), ``acts`` (:class:`SparseActivations`, the active
         entries of ``[N, L, F]``) and ``y_hat [N, L, d_out]`` (detached).
@@ -357,6 +375,8 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         """
         self._check_input(x, self.cfg.d_in, "CLT input")
         self._check_input(y, self.cfg.d_out, "CLT target")
+        L = self.cfg.n_layers
+        x, y = x.reshape(-1, L, self.cfg.d_in), y.reshape(-1, L, self.cfg.d_out)  # [N, L, d]
         if self.cfg.activation_fn == "jumprelu" and not self.cfg.jumprelu_ste_to_input:
             return self._jumprelu_losses(x, y, l0_coefficient)
         return self._generic_losses(x, y, l0_coefficient)

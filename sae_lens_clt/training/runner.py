@@ -412,9 +412,10 @@ class CLTTrainingRunner:
         from sae_lens_clt.evals import token_batches_from_texts
 
         ds = self.dataset
-        if isinstance(ds, str) or "text" not in getattr(ds, "column_names", []):
+        columns = getattr(ds, "column_names", None) or []
+        if isinstance(ds, str) or not hasattr(ds, "__len__") or "text" not in columns:
             raise ValueError(
-                "kl_coefficient > 0 needs a datasets.Dataset with a 'text' column: pass "
+                "kl_coefficient > 0 needs a (non-streaming) datasets.Dataset with a 'text' column: pass "
                 "override_dataset (or use the default model's corpus), or set kl_coefficient=0"
             )
         ds = ds.shuffle(seed=self.cfg.seed + 1)
