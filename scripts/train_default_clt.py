@@ -46,7 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--training-tokens", type=int, default=2_400_000)
     p.add_argument("--d-sae", type=int, default=1024)
-    p.add_argument("--l0-coefficient", type=float, default=0.06)
+    p.add_argument("--l0-coefficient", type=float, default=0.2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument(
@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument(
         "--finetune-tokens",
         type=int,
-        default=0,
+        default=600_000,
         help="stage 2: continue for this many tokens with the KL term (0: no stage 2)",
     )
     p.add_argument("--finetune-kl", type=float, default=50.0, help="stage 2 kl_coefficient")
