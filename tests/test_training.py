@@ -433,13 +433,15 @@ def test_eval_replacement_with_skip_connection_uses_the_skip_path() -> None:
     assert with_skip.loss_replacement != pytest.approx(with_skip.loss_zero_ablation, rel=1e-6)
 
 
+@pytest.mark.parametrize("route", ["sparse", "dense"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_fused_jumprelu_half_precision_sums_stay_accurate(dtype: str) -> None:
+def test_fused_jumprelu_half_precision_sums_stay_accurate(dtype: str, route: str) -> None:
     """Sums over many tokens (pre-activation loss, b_enc and θ gradients) accumulate in
     float32: with features that fire on 90 % of 4,096 tokens they stay close to float64."""
     torch.manual_seed(0)
     kw = {"n_layers": 2, "d_in": 8, "d_sae": 16, "pre_act_loss_coefficient": 0.05}
     kw["init_active_fraction"] = 0.9
+    kw["decode_sparse_below"] = 1.0 if route == "sparse" else 0.0
     ref = TrainingCrossLayerTranscoder(TrainingCrossLayerTranscoderConfig(**kw, dtype="float64"))
     half = TrainingCrossLayerTranscoder(TrainingCrossLayerTranscoderConfig(**kw, dtype=dtype))
     x, y = (
