@@ -148,7 +148,7 @@ def main() -> None:
             l0_warm_up_steps=0,
             **settings,
         )
-        whole_c, steady_c, first_c = rates(hist, 0.25)
+        _, steady_c, first_c = rates(hist, 0.25)
         l0 = sum(h["l0"] for h in hist) / len(hist)
         label = f"continuing the shipped CLT (mean L0 {l0:.1f}), steps {first_c['step']}-"
         rows.append((label + str(hist[-1]["step"]), steady_c))

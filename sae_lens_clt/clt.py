@@ -190,6 +190,13 @@ class _SparseDecode(torch.autograd.Function):
 _CHUNK = 4096  # rows gathered at once on the fallback path (bounds its memory)
 
 
+def layer_slices(layer: torch.Tensor, n_layers: int) -> list[tuple[int, slice]]:
+    """``(s, slice)`` of each non-empty layer in entries sorted by layer (``layer [nnz]``)."""
+    counts = torch.bincount(layer, minlength=n_layers).tolist()
+    ends = [sum(counts[: s + 1]) for s in range(n_layers)]
+    return [(s, slice(ends[s] - counts[s], ends[s])) for s in range(n_layers) if counts[s]]
+
+
 def _has_sparse_kernels(t: torch.Tensor) -> bool:
     return t.dtype in (torch.float32, torch.float64) or t.device.type == "cuda"
 
@@ -405,27 +412,45 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         L, do = self.cfg.n_layers, self.cfg.d_out
         lead = feature_acts.shape[:-2]
         acts = feature_acts.to(self.dtype).reshape(-1, L, self.cfg.d_sae)  # [N, L, F]
-        n = acts.shape[0]
         # one nonzero() and one gather for all layers, grouped by source layer
         layer_idx, rows, cols = acts.detach().transpose(0, 1).nonzero(as_tuple=True)
         values = acts[rows, layer_idx, cols]  # [nnz]
-        counts = torch.bincount(layer_idx, minlength=L).tolist()
-        out = acts.new_zeros(n, L, do)
-        start = 0
-        for s, count in enumerate(counts):
-            if count == 0:
-                continue
-            sl = slice(start, start + count)
-            start += count
+        out = self.decode_entries(values, layer_idx, rows, cols, acts.shape[0])
+        return self._finish(out.reshape(*lead, L, do), x)
+
+    def decode_entries(
+        self,
+        values: torch.Tensor,
+        layer: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        n: int,
+        dense: bool = False,
+    ) -> torch.Tensor:
+        """``Σ_s a_s W_dec[s]`` (no bias, no skip) from activations given as entries.
+
+        ``values``, ``layer``, ``rows``, ``cols`` (``[nnz]``) are sorted by (layer, row,
+        col), as ``acts.transpose(0, 1).nonzero()`` returns them; entries may hold 0.
+        Returns ``[n, L, d_out]``. ``dense=True`` scatters each layer into a dense
+        ``[n, d_sae]`` block and multiplies (faster when many entries are on); otherwise
+        only the listed decoder rows are touched, forward and backward.
+        """
+        L, F, do = self.cfg.n_layers, self.cfg.d_sae, self.cfg.d_out
+        out = values.new_zeros(n, L, do)
+        for s, sl in layer_slices(layer, L):
             cols_s = cols[sl]
             if self.lazy_decoder is not None:  # read the active rows only, index into them
                 active, cols_s = cols_s.unique(return_inverse=True)
                 w = self.lazy_decoder.rows(s, active).flatten(1)  # [n_active, (L-s)*d_out]
             else:
                 w = self.W_dec[s].flatten(1)  # [F, (L-s)*d_out]
-            contrib = _SparseDecode.apply(values[sl], rows[sl], cols_s, w, n)
+            if dense and self.lazy_decoder is None:
+                a = values.new_zeros(n * F).index_put((rows[sl] * F + cols_s,), values[sl])
+                contrib = a.view(n, F) @ w
+            else:
+                contrib = _SparseDecode.apply(values[sl], rows[sl], cols_s, w, n)
             out[:, s:] = out[:, s:] + contrib.view(n, L - s, do)
-        return self._finish(out.reshape(*lead, L, do), x)
+        return out
 
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from sae_lens_clt.clt import (
     ARCHITECTURE,
     CrossLayerTranscoder,
     CrossLayerTranscoderConfig,
-    _SparseDecode,
+    layer_slices,
 )
 
 
@@ -149,7 +149,8 @@ class _JumpReLUTrainFn(torch.autograd.Function):
         relu_sum = pos_sum.view(L, F) - sum_d  # Σ_n relu(θ - z), [L, F] in acc
         pre_act = (relu_sum * norms.to(acc)).sum()
         ctx.mark_non_differentiable(layer, row, col)
-        ctx.save_for_backward(x, theta, norms, layer, row, col, lf, d_p, t, values, relu_sum)
+        saved = (x, theta, norms, layer, row, col, lf, d_p, theta_p, n_p, t, values, relu_sum)
+        ctx.save_for_backward(*saved)
         ctx.c, ctx.eps, ctx.F = c, eps, F
         ctx.sparse_grad = idx.numel() < sparse_below * L * N * F
         return values, layer, row, col, t.sum(), pre_act
@@ -164,14 +165,15 @@ class _JumpReLUTrainFn(torch.autograd.Function):
         g_sparsity: torch.Tensor,
         g_pre: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
-        x, theta, norms, layer, row, col, lf, d_p, t, values, relu_sum = ctx.saved_tensors
+        x, theta, norms, layer, row, col, lf, d_p, theta_p, n_p, t, values, relu_sum = (
+            ctx.saved_tensors
+        )
         c, eps, F = ctx.c, ctx.eps, ctx.F
         L, N, _ = x.shape
         dt = x.dtype
         acc = relu_sum.dtype  # float32 or wider: the dtype of every sum over tokens
         zero = torch.zeros((), dtype=dt, device=x.device)
         n = norms.to(acc)
-        theta_p, n_p = theta.reshape(-1)[lf].to(dt), norms.reshape(-1)[lf].to(dt)
         g_sparsity, g_pre = g_sparsity.to(acc), g_pre.to(acc)
         dtanh = (1 - t * t) * c
         g = g_values + g_sparsity.to(dt) * dtanh * n_p  # ∂loss/∂a at the pattern entries
@@ -193,13 +195,7 @@ class _JumpReLUTrainFn(torch.autograd.Function):
         g_b = g_b.view(L, F) - g_pre * N * n
         g_W = -g_pre * x.sum(1, dtype=acc)[:, :, None] * n[:, None, :]  # rank one: [L, d_in, F]
         if ctx.sparse_grad:  # x_lᵀ G_l = (G_lᵀ x_l)ᵀ with G_lᵀ sorted by column
-            counts = torch.bincount(layer, minlength=L).tolist()
-            start = 0
-            for s, count in enumerate(counts):
-                sl = slice(start, start + count)
-                start += count
-                if count == 0:
-                    continue
+            for s, sl in layer_slices(layer, L):
                 perm = torch.argsort(col[sl], stable=True)
                 gt = torch.sparse_coo_tensor(
                     torch.stack([col[sl][perm], row[sl][perm]]),
@@ -398,11 +394,8 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
             self.cfg.jumprelu_bandwidth,
             self.cfg.decode_sparse_below,
         )
-        if values.numel() < self.cfg.decode_sparse_below * L * N * F:
-            y_hat = self._decode_pattern_sparse(values, layer, row, col, N)
-        else:
-            y_hat = self._decode_pattern_dense(values, layer, row, col, N)
-        y_hat = y_hat + self.b_dec
+        dense = values.numel() >= self.cfg.decode_sparse_below * L * N * F
+        y_hat = self.decode_entries(values, layer, row, col, N, dense=dense) + self.b_dec
         if self.cfg.skip_connection:
             y_hat = y_hat + torch.einsum("nli,lio->nlo", x.to(self.dtype), self.W_skip)
         mse = (y_hat - y).pow(2).sum(dim=(-1, -2)).mean()
@@ -415,49 +408,6 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
             loss = loss + 0.0 * pre_act
         acts = SparseActivations(layer, row, col, values.detach(), (N, L, F))  # incl. window 0s
         return TrainingStepOutput(loss, parts, acts, y_hat.detach())
-
-    def _decode_pattern_sparse(
-        self,
-        values: torch.Tensor,
-        layer: torch.Tensor,
-        row: torch.Tensor,
-        col: torch.Tensor,
-        n: int,
-    ) -> torch.Tensor:
-        """``Σ_s a_s W_dec[s]`` from entries sorted by (layer, row, col): ``[n, L, d_out]``."""
-        L, do = self.cfg.n_layers, self.cfg.d_out
-        counts = torch.bincount(layer, minlength=L).tolist()
-        out = values.new_zeros(n, L, do)
-        start = 0
-        for s, count in enumerate(counts):
-            sl = slice(start, start + count)
-            start += count
-            if count == 0:
-                continue
-            contrib = _SparseDecode.apply(values[sl], row[sl], col[sl], self.W_dec[s].flatten(1), n)
-            out[:, s:] = out[:, s:] + contrib.view(n, L - s, do)
-        return out
-
-    def _decode_pattern_dense(
-        self,
-        values: torch.Tensor,
-        layer: torch.Tensor,
-        row: torch.Tensor,
-        col: torch.Tensor,
-        n: int,
-    ) -> torch.Tensor:
-        """Same as :meth:`_decode_pattern_sparse` through dense ``[n, F]`` products."""
-        L, F, do = self.cfg.n_layers, self.cfg.d_sae, self.cfg.d_out
-        counts = torch.bincount(layer, minlength=L).tolist()
-        out = values.new_zeros(n, L, do)
-        start = 0
-        for s, count in enumerate(counts):
-            sl = slice(start, start + count)
-            start += count
-            dense = values.new_zeros(n * F).index_put((row[sl] * F + col[sl],), values[sl])
-            contrib = dense.view(n, F) @ self.W_dec[s].flatten(1)  # [n, (L-s)*d_out]
-            out[:, s:] = out[:, s:] + contrib.view(n, L - s, do)
-        return out
 
     def _generic_losses(
         self, x: torch.Tensor, y: torch.Tensor, l0_coefficient: float
