@@ -42,6 +42,17 @@ def label_default_clt(model, clt, folder: Path, n_docs: int = 1500) -> None:
     save_labels(compute_labels(model, clt, texts), folder)
 
 
+def evaluate_held_out(model, clt) -> dict:
+    """Evaluate on held-out facts and natural text (12 batches of 16 x 128 tokens each)."""
+    results = {}
+    for name, texts in held_out_texts().items():
+        batches = token_batches_from_texts(model, texts, context_size=128, batch_size=16)[:12]
+        r = evaluate_clt(model, clt, batches)
+        results[name] = r.to_dict()
+        print(f"[{name}] {r.summary()}")
+    return results
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--training-tokens", type=int, default=2_400_000)
@@ -74,16 +85,21 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--checkpoint-path", default=None)
     p.add_argument("--labels-only", action="store_true", help="only recompute the labels")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate the CLT in --out")
     p.add_argument("--model-dir", default=None, help="default model folder (default: package)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    if args.labels_only:
+    if args.labels_only or args.eval_only:
         from sae_lens_clt.clt import CrossLayerTranscoder
 
         model = load_model(model_dir=args.model_dir)
-        label_default_clt(model, CrossLayerTranscoder.load_from_disk(args.out), args.out)
+        clt = CrossLayerTranscoder.load_from_disk(args.out)
+        if args.eval_only:
+            evaluate_held_out(model, clt)
+        else:
+            label_default_clt(model, clt, args.out)
         return
     cfg = CLTTrainingRunnerConfig(
         model_name=DEFAULT_MODEL,
@@ -132,12 +148,7 @@ def main() -> None:
         stages.append(clt.cfg.metadata.training_config)
         n_tokens += runner.n_tokens
     train_s = time.time() - t0
-    results = {}
-    for name, texts in held_out_texts().items():
-        batches = token_batches_from_texts(model, texts, context_size=128, batch_size=16)[:12]
-        r = evaluate_clt(model, clt, batches)
-        results[name] = r.to_dict()
-        print(f"[{name}] {r.summary()}")
+    results = evaluate_held_out(model, clt)
     md = clt.cfg.metadata
     md.eval_held_out = results
     md.training_seconds = round(train_s)
