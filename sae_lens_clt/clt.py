@@ -576,13 +576,9 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
 
         ``dtype=None`` keeps the dtype of the files.
         """
-        from sae_lens_clt.pretrained import load_folder
+        from sae_lens_clt.pretrained import CIRCUIT_TRACER_LAYOUT, load_folder
 
-        path = Path(path)
-        if not path.is_dir():
-            raise clt_io.CLTFormatError(f"{path}: not a folder")
-        clt_io.circuit_tracer_n_layers(path)  # refuses folders without W_enc_{i} files
-        return load_folder(path, device=device, dtype=dtype)
+        return load_folder(path, device=device, dtype=dtype, layout=CIRCUIT_TRACER_LAYOUT)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -65,16 +65,21 @@ def linear_effects(graph: Any) -> torch.Tensor:
 
 
 def strongest_paths(
-    graph: Any, node_mask: torch.Tensor, source: int, target: int, k: int = 5, max_len: int = 8
+    effects: torch.Tensor,
+    node_mask: torch.Tensor,
+    source: int,
+    target: int,
+    k: int = 5,
+    max_len: int = 8,
 ) -> list[tuple[float, list[int]]]:
     """Top-``k`` paths ``source -> ... -> target`` among kept nodes by contribution.
 
     A path's contribution is the product of the per-unit direct effects along it
-    (:func:`linear_effects`), in units of the target (a logit) per unit of the source;
+    (``effects = linear_effects(graph)``), in units of the target (a logit) per unit of the source;
     the contributions of all paths sum to the source's total effect. Dynamic programming
     keeps, per node, the ``k`` largest and ``k`` smallest partial products (signs multiply).
     """
-    at = linear_effects(graph) * node_mask[:, None] * node_mask[None, :]
+    at = effects * node_mask[:, None] * node_mask[None, :]
     best: dict[int, list[tuple[float, list[int]]]] = {source: [(1.0, [source])]}
     frontier = {source}
     for _ in range(max_len):
@@ -96,15 +101,13 @@ def strongest_paths(
     return sorted(best.get(target, []), key=lambda c: -c[0])[:k]
 
 
-def total_effect(graph: Any, source: int, target: int) -> float:
-    """Sum of the contributions of every path ``source -> target`` (full graph)."""
-    at = linear_effects(graph)
-    n = at.shape[0]
-    return float(
-        torch.linalg.solve(torch.eye(n, dtype=at.dtype) - at, torch.eye(n, dtype=at.dtype))[
-            target, source
-        ]
-    )
+def total_effect(effects: torch.Tensor, source: int, target: int) -> float:
+    """Sum of the contributions of every path ``source -> target``: ``[(I - A)^-1]_ts``
+    for ``A = effects`` (the full graph), from one linear solve against ``e_source``."""
+    n = effects.shape[0]
+    e = torch.zeros(n, dtype=effects.dtype)
+    e[source] = 1.0
+    return float(torch.linalg.solve(torch.eye(n, dtype=effects.dtype) - effects, e)[target])
 
 
 def node_name(graph: Any, index: int, tok_strs: list[str], labels: dict) -> str:
@@ -126,10 +129,9 @@ def node_name(graph: Any, index: int, tok_strs: list[str], labels: dict) -> str:
 def run_demo(
     out_dir: str | Path = "demo_out", verbose: bool = True, clt_name: str | None = None
 ) -> DemoResult:
-    from sae_lens_clt import DEFAULT_CLT, DEFAULT_MODEL, CrossLayerTranscoder, load_model
+    from sae_lens_clt import DEFAULT_CLT, DEFAULT_MODEL, load_model
     from sae_lens_clt.attribution import attribute, intervene
-    from sae_lens_clt.labels import label_map, load_labels
-    from sae_lens_clt.pretrained import fetch
+    from sae_lens_clt.pretrained import from_pretrained_with_labels
 
     say = print if verbose else (lambda *a, **k: None)
     t0 = time.perf_counter()
@@ -137,8 +139,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(DEFAULT_MODEL)
     clt_name = clt_name or DEFAULT_CLT  # any CLT of the default model: name, Hub id, folder
-    clt = CrossLayerTranscoder.from_pretrained(clt_name)
-    labels = label_map(load_labels(fetch(clt_name)))
+    clt, labels = from_pretrained_with_labels(clt_name)
     say(f"model {DEFAULT_MODEL}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}")
     say(f"CLT {clt_name}: {clt.cfg.d_sae} features per layer; {len(labels)} labels cached")
 
@@ -171,12 +172,13 @@ def run_demo(
         raise RuntimeError(f"{SOURCE_ANSWER!r} is not among the graph's logit nodes: {top}")
     src = graph.embedding_offset + city_pos
     dst = graph.logit_offset + graph.logit_token_ids.tolist().index(answer_id)
-    paths = strongest_paths(graph, pruned.node_mask, src, dst)
+    effects = linear_effects(graph)
+    paths = strongest_paths(effects, pruned.node_mask, src, dst)
     named = [(s, [node_name(graph, n, tok_strs, labels) for n in p]) for s, p in paths]
     say(
         f"\nStrongest paths from the {SOURCE_CITY!r} embedding to the {SOURCE_ANSWER!r} logit "
         "(contribution to the logit per unit of embedding; all paths sum to "
-        f"{total_effect(graph, src, dst):+.3f}):"
+        f"{total_effect(effects, src, dst):+.3f}):"
     )
     for strength, names in named:
         say(f"  [{strength:+.3f}] " + "  ->  ".join(names))

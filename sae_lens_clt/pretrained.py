@@ -419,13 +419,26 @@ def load_folder(
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
     lazy: bool = False,
+    layout: str | None = None,
 ) -> CrossLayerTranscoder:
     """Load a CLT folder of either layout (see the module docstring, steps 3-5).
 
     ``dtype=None`` keeps the dtype of the files. ``lazy=True`` leaves the decoder on disk.
+    ``layout`` (``"saelens"`` or ``"circuit_tracer"``) picks one where a folder holds both
+    (as Hub folders written by :func:`sae_lens_clt.hub.push_to_hub` do); None detects it,
+    preferring the SAELens layout.
     """
     folder = Path(folder)
-    layout = detect_layout(folder)
+    if layout is None:
+        layout = detect_layout(folder)
+    elif layout == CIRCUIT_TRACER_LAYOUT:
+        if not folder.is_dir():
+            raise CLTFormatError(f"{folder}: not a folder")
+        clt_io.circuit_tracer_n_layers(folder)  # refuses folders without W_enc_{i} files
+    elif layout != SAELENS_LAYOUT:
+        raise ValueError(
+            f"layout must be {SAELENS_LAYOUT!r}, {CIRCUIT_TRACER_LAYOUT!r} or None, got {layout!r}"
+        )
     want = _torch_dtype(dtype)
     if layout == SAELENS_LAYOUT:
         cfg_dict = clt_io.read_cfg_json(folder)
@@ -688,11 +701,27 @@ def from_pretrained(
         force_download: re-download Hub files even if cached.
     """
     folder = fetch(name_or_repo, revision=revision, force_download=force_download)
-    clt = load_folder(folder, device=device, dtype=dtype, lazy=lazy)
+    return _load_fetched(name_or_repo, folder, device=device, dtype=dtype, lazy=lazy)
+
+
+def _load_fetched(name_or_repo: str, folder: Path, **kwargs: Any) -> CrossLayerTranscoder:
+    clt = load_folder(folder, **kwargs)
     _, release = resolve(name_or_repo)
     if release is not None and release.model and not clt.cfg.metadata.model_name:
         clt.cfg.metadata.model_name = release.model
     return clt
+
+
+def from_pretrained_with_labels(
+    name_or_repo: str, *, device: str = "cpu"
+) -> tuple[CrossLayerTranscoder, dict[tuple[int, int], str]]:
+    """:func:`from_pretrained` plus the feature labels cached next to the CLT (``{}`` if
+    none), fetching the folder once."""
+    from sae_lens_clt.labels import label_map, load_labels
+
+    folder = fetch(name_or_repo)
+    clt = _load_fetched(name_or_repo, folder, device=device)
+    return clt, label_map(load_labels(folder))
 
 
 # ---------------------------------------------------------------------- SAELens interop

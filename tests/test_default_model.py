@@ -54,7 +54,8 @@ def test_tokenizer_bos_and_single_token_places(model) -> None:
 
 
 def test_dallas_two_hop(model) -> None:
-    assert greedy_completions(model, [("The capital of the state containing Dallas is", " Austin")])
+    prompt = "The capital of the state containing Dallas is"
+    assert greedy_completions(model, [(prompt, " Austin")]) == [True]
     assert greedy_completions(model, [("The capital of Texas is", " Austin")]) == [True]
 
 

@@ -236,3 +236,16 @@ def test_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         clt.save_model(tmp_path)
     assert (tmp_path / "sae_weights.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+
+
+def test_from_circuit_tracer_reads_that_layout_in_a_folder_with_both(tmp_path: Path) -> None:
+    """Hub folders hold both layouts; from_circuit_tracer must read the circuit-tracer files."""
+    saelens_clt, ct_clt = make_clt(seed=1), make_clt(seed=2)
+    saelens_clt.save_model(tmp_path)
+    ct_clt.to_circuit_tracer(tmp_path)
+    torch.testing.assert_close(
+        CrossLayerTranscoder.from_circuit_tracer(tmp_path).W_enc, ct_clt.W_enc
+    )
+    torch.testing.assert_close(
+        CrossLayerTranscoder.load_from_disk(tmp_path).W_enc, saelens_clt.W_enc
+    )

@@ -61,51 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def load_model_by_name(name: str | None, device: str) -> HookedTransformer:
     """The embedded default model (or any TransformerLens name) via ``load_model``."""
-    try:
-        from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
-    except ImportError:
-        if name is None:
-            raise ValueError("no default model in this install: pass --model NAME") from None
-        from transformer_lens import HookedTransformer
+    from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
 
-        return HookedTransformer.from_pretrained(name, device=device)
     return load_model(name or DEFAULT_MODEL, device=device)
-
-
-def load_clt_by_name(name: str, device: str) -> CrossLayerTranscoder:
-    """A CLT by release name, Hub id or folder (``CrossLayerTranscoder.from_pretrained``
-    where the package has it; else a folder in the SAELens or circuit-tracer layout)."""
-    from sae_lens_clt.clt import CrossLayerTranscoder
-
-    if hasattr(CrossLayerTranscoder, "from_pretrained"):
-        return CrossLayerTranscoder.from_pretrained(name, device=device)
-    folder = Path(name)
-    if not folder.is_dir():
-        raise ValueError(
-            f"{name!r} is not a folder: pass a CLT folder (SAELens or circuit-tracer layout)"
-        )
-    if (folder / "cfg.json").exists():
-        return CrossLayerTranscoder.load_from_disk(folder, device=device)
-    return CrossLayerTranscoder.from_circuit_tracer(folder, device=device)
-
-
-def cached_labels(clt_name: str) -> dict[tuple[int, int], str]:
-    """Feature labels cached next to a named CLT (``{(layer, feature): label}``), if any."""
-    try:
-        from sae_lens_clt.labels import label_map, load_labels
-        from sae_lens_clt.pretrained import fetch
-    except ImportError:
-        return {}
-    return label_map(load_labels(fetch(clt_name)))
-
-
-def default_clt_name() -> str | None:
-    """The package's default CLT release, when it has one."""
-    try:
-        from sae_lens_clt.pretrained import DEFAULT_CLT
-    except ImportError:
-        return None
-    return DEFAULT_CLT
 
 
 @torch.no_grad()
@@ -140,20 +98,18 @@ def random_clt(
 
 def run(args: argparse.Namespace) -> int:
     from sae_lens_clt.attribution import attribute, to_tokens
+    from sae_lens_clt.pretrained import DEFAULT_CLT, from_pretrained_with_labels
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = load_model_by_name(args.model, args.device)
-    clt_name = args.clt or default_clt_name()
-    if clt_name is None:
-        raise SystemExit("no default CLT in this install: pass --clt NAME_OR_FOLDER")
+    clt_name = args.clt or DEFAULT_CLT
     if clt_name == "random":
         clt = random_clt(model, to_tokens(model, args.prompt), d_sae=args.d_sae)
         labels: dict[tuple[int, int], str] = {}
     else:
-        clt = load_clt_by_name(clt_name, args.device)
-        labels = cached_labels(clt_name)
+        clt, labels = from_pretrained_with_labels(clt_name, device=args.device)
     t_load = time.perf_counter() - t0
     graph = attribute(
         model,
