@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sae_lens_clt import corpus  # noqa: E402
 from sae_lens_clt.default_model import (  # noqa: E402
+    EVAL_SEED_OFFSET,
     greedy_completions,
     load_model,
 )
@@ -77,7 +78,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0
 
     results: dict[str, float | int | str] = {"load_model_s": round(load_s, 3)}
-    fact_docs = corpus.fact_documents(2_000, seed=args.seed + 1_000_003)
+    fact_docs = corpus.fact_documents(2_000, seed=args.seed + EVAL_SEED_OFFSET)
     loss, n = lm_loss(model, fact_docs, args.max_windows)
     results["heldout_loss_facts"] = round(loss, 4)
     results["heldout_tokens_facts"] = n
