@@ -561,9 +561,18 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
             name_or_repo, revision=revision, device=device, dtype=dtype, lazy=lazy
         )
 
-    def to_circuit_tracer(self, path: str | Path, model_name: str | None = None) -> Path:
-        """Write circuit-tracer's layout (``W_enc_{i}``/``W_dec_{i}`` files + ``config.yaml``)."""
-        return clt_io.save_circuit_tracer(self, Path(path), model_name=model_name)
+    def to_circuit_tracer(
+        self, path: str | Path, model_name: str | None = None, allow_extensions: bool = False
+    ) -> Path:
+        """Write circuit-tracer's layout (``W_enc_{i}``/``W_dec_{i}`` files + ``config.yaml``).
+
+        ``config.yaml`` names the very tensors this CLT reads and writes, as circuit-tracer's
+        TransformerLens backend names them (``blocks.{layer}.X`` -> ``X``). A skip CLT needs
+        ``allow_extensions=True`` (circuit-tracer does not read skip weights).
+        """
+        return clt_io.save_circuit_tracer(
+            self, Path(path), model_name=model_name, allow_extensions=allow_extensions
+        )
 
     @classmethod
     def from_circuit_tracer(

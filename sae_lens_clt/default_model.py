@@ -191,13 +191,21 @@ def load_model(
 ) -> HookedTransformer:
     """Load the embedded default model offline, or any TransformerLens model by name.
 
+    Other models are loaded *unprocessed*, as SAELens trains on them and circuit-tracer
+    traces them: ``HookedTransformer.from_pretrained_no_processing`` (no ``fold_ln``, no
+    centring of writing weights or unembedding). TransformerLens' own ``from_pretrained``
+    processes by default, which changes ``hook_resid_*``, ``hook_mlp_out`` and the norms'
+    inputs: a CLT trained on one is not valid on the other.
+
     Args:
         name: ``DEFAULT_MODEL`` (offline, package data) or any name that
             ``HookedTransformer.from_pretrained`` accepts ("gpt2", "gemma-2-2b", ...).
         device: torch device.
         dtype: parameter dtype.
         model_dir: folder to load the default model from (default: the package data).
-        **from_pretrained_kwargs: passed to ``from_pretrained`` for other names.
+        **from_pretrained_kwargs: passed to ``from_pretrained_no_processing`` for other
+            names (SAELens' ``model_from_pretrained_kwargs``; e.g. ``fold_ln=True`` to
+            process anyway).
 
     Returns:
         A ``HookedTransformer`` in eval mode with its tokenizer attached. Hooks of interest:
@@ -207,7 +215,7 @@ def load_model(
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     if name != DEFAULT_MODEL:
-        return HookedTransformer.from_pretrained(
+        return HookedTransformer.from_pretrained_no_processing(
             name, device=device, dtype=dtype, **from_pretrained_kwargs
         )
     from safetensors.torch import load_file

@@ -28,6 +28,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sae_lens_clt.clt import CrossLayerTranscoder
+from sae_lens_clt.hooks import prepare_for_clt
 
 DENSE_FREQUENCY = 0.10
 
@@ -77,6 +78,7 @@ def cache_clt_io(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass: ``(logits [B, T, V], x [B, T, L, d_in], y [B, T, L, d_out])``."""
     L = clt.cfg.n_layers
+    prepare_for_clt(model, clt)
     names = [clt.cfg.hook_in(layer) for layer in range(L)]
     names += [clt.cfg.hook_out(layer) for layer in range(L)]
     logits, cache = model.run_with_cache(tokens, names_filter=names)
@@ -138,6 +140,7 @@ def evaluate_clt(
     replacement: bool = True,
 ) -> CLTEvalResult:
     """Reconstruction and replacement-model metrics over ``token_batches`` (each ``[B, T]``)."""
+    prepare_for_clt(model, clt, action="evaluate_clt")
     L, F = clt.cfg.n_layers, clt.cfg.d_sae
     sq_err = torch.zeros(L, dtype=torch.float64)
     sum_y = sum_y2 = None

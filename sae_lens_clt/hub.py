@@ -63,7 +63,8 @@ class PushResult:
 
 
 def _circuit_tracer_ok(clt: CrossLayerTranscoder) -> bool:
-    return clt.cfg.d_in == clt.cfg.d_out and clt.cfg.activation_fn != "topk"
+    c = clt.cfg  # what circuit-tracer's load_clt reads as the same CLT
+    return c.d_in == c.d_out and c.activation_fn != "topk" and not c.skip_connection
 
 
 def write_hub_folder(clt: CrossLayerTranscoder, folder: str | Path, repo_id: str) -> Path:

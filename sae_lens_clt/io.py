@@ -31,6 +31,8 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sae_lens_clt import hooks
+
 if TYPE_CHECKING:
     from sae_lens_clt.clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
 
@@ -190,39 +192,48 @@ def read_saelens(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 
 # ---------------------------------------------------------------------- circuit-tracer layout
-# Our hook templates <-> circuit-tracer's TransformerLens names (relative to blocks.{i}.)
-_CT_HOOKS = {
-    "blocks.{layer}.ln2.hook_normalized": "mlp.hook_in",
-    "blocks.{layer}.hook_mlp_out": "mlp.hook_out",
-}
-
-
 def hook_to_circuit_tracer(template: str) -> str:
-    """``blocks.{layer}.ln2.hook_normalized`` -> ``mlp.hook_in`` (and the like)."""
-    if template in _CT_HOOKS:
-        return _CT_HOOKS[template]
-    prefix = "blocks.{layer}."
-    if template.startswith(prefix):
-        return template[len(prefix) :]
-    raise CLTFormatError(
-        f"hook template {template!r} cannot be written for circuit-tracer, which names hooks "
-        "relative to blocks.{i}.: use a template that starts with 'blocks.{layer}.'"
-    )
+    """Our hook template -> the name circuit-tracer's ``config.yaml`` gives the same tensor.
+
+    ``blocks.{layer}.ln2.hook_normalized`` -> ``ln2.hook_normalized``: circuit-tracer's
+    TransformerLens backend hooks ``blocks.{i}.<name>``, so only the prefix goes
+    (:mod:`sae_lens_clt.hooks`). A template that names no block hook raises ``CLTFormatError``.
+    """
+    try:
+        return hooks.to_circuit_tracer_hook(template)
+    except ValueError as e:
+        raise CLTFormatError(f"cannot write this CLT in circuit-tracer's layout: {e}") from e
 
 
-def hook_from_circuit_tracer(name: str) -> str:
-    """``mlp.hook_in`` -> ``blocks.{layer}.ln2.hook_normalized`` (and the like)."""
-    for ours, theirs in _CT_HOOKS.items():
-        if name == theirs:
-            return ours
-    return "blocks.{layer}." + name
+def hook_from_circuit_tracer(name: str, source: str = "config.yaml") -> str:
+    """circuit-tracer's hook name -> our template for the same tensor (``mlp.hook_in`` ->
+    ``blocks.{layer}.mlp.hook_in``, ``hook_resid_mid`` -> ``blocks.{layer}.hook_resid_mid``)."""
+    try:
+        return hooks.from_circuit_tracer_hook(str(name))
+    except ValueError as e:
+        raise CLTFormatError(f"{source}: {e}") from e
 
 
 def save_circuit_tracer(
-    clt: CrossLayerTranscoder, path: Path, model_name: str | None = None
+    clt: CrossLayerTranscoder,
+    path: Path,
+    model_name: str | None = None,
+    allow_extensions: bool = False,
 ) -> Path:
-    """Write the circuit-tracer layout into ``path`` (see the module docstring)."""
+    """Write the circuit-tracer layout into ``path`` (see the module docstring).
+
+    circuit-tracer's ``load_clt`` reads no skip weights, so a skip CLT is refused unless
+    ``allow_extensions=True`` (then ``W_skip_{i}`` is written for sae_lens_clt to read back,
+    and circuit-tracer loads the CLT *without* its skip connection).
+    """
     cfg = clt.cfg
+    if cfg.skip_connection and not allow_extensions:
+        raise CLTFormatError(
+            "circuit-tracer's load_clt reads no skip-connection weights, so circuit-tracer "
+            "would load this CLT without its skip connection: share it in the SAELens layout "
+            "(save_model), or pass allow_extensions=True to write W_skip_{i} for "
+            "sae_lens_clt only"
+        )
     if cfg.d_in != cfg.d_out:
         raise CLTFormatError(
             f"circuit-tracer's layout needs d_in == d_out (one d_model); this CLT has "
@@ -232,6 +243,15 @@ def save_circuit_tracer(
         raise CLTFormatError(
             "circuit-tracer's layout stores JumpReLU or ReLU CLTs, not TopK: use save_model"
         )
+    config: dict[str, Any] = {  # hooks first: a hook that cannot be carried fails before any write
+        "model_name": model_name or cfg.metadata.model_name or "unknown",
+        "model_kind": "cross_layer_transcoder",
+        "feature_input_hook": hook_to_circuit_tracer(cfg.metadata.hook_name),
+        "feature_output_hook": hook_to_circuit_tracer(cfg.metadata.hook_name_out),
+    }
+    processing = hooks.recorded_processing(cfg.metadata)
+    if processing:  # our extension: how the model must be loaded (circuit-tracer ignores it)
+        config["model_processing"] = processing
     path.mkdir(parents=True, exist_ok=True)
     for i in range(cfg.n_layers):
         enc = {
@@ -245,12 +265,6 @@ def save_circuit_tracer(
             enc[f"W_skip_{i}"] = clt.W_skip[i]  # our extension; circuit-tracer ignores it
         atomic_save_safetensors(enc, path / f"W_enc_{i}.safetensors")
         atomic_save_safetensors({f"W_dec_{i}": clt.W_dec[i]}, path / f"W_dec_{i}.safetensors")
-    config = {
-        "model_name": model_name or cfg.metadata.model_name or "unknown",
-        "model_kind": "cross_layer_transcoder",
-        "feature_input_hook": hook_to_circuit_tracer(cfg.metadata.hook_name),
-        "feature_output_hook": hook_to_circuit_tracer(cfg.metadata.hook_name_out),
-    }
     atomic_write_text(path / CT_CONFIG_FILENAME, yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -297,13 +311,17 @@ def circuit_tracer_cfg_dict(path: Path) -> dict[str, Any]:
         raise CLTFormatError(f"{path / 'W_enc_0.safetensors'}: missing tensor 'W_enc_0'")
     d_sae, d_model = shapes["W_enc_0"]
     config = read_ct_config(path)
-    metadata = {
+    metadata: dict[str, Any] = {
         "model_name": config.get("model_name"),
-        "hook_name": hook_from_circuit_tracer(config.get("feature_input_hook", "mlp.hook_in")),
+        "hook_name": hook_from_circuit_tracer(
+            config.get("feature_input_hook", hooks.MLP_HOOK_IN), str(path / CT_CONFIG_FILENAME)
+        ),
         "hook_name_out": hook_from_circuit_tracer(
-            config.get("feature_output_hook", "mlp.hook_out")
+            config.get("feature_output_hook", hooks.MLP_HOOK_OUT), str(path / CT_CONFIG_FILENAME)
         ),
     }
+    if isinstance(config.get("model_processing"), dict):
+        metadata["model_processing"] = dict(config["model_processing"])
     return {
         "architecture": ARCHITECTURE,
         "n_layers": n_layers,

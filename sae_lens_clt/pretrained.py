@@ -38,6 +38,7 @@ from safetensors import safe_open
 
 from sae_lens_clt import io as clt_io
 from sae_lens_clt.clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
+from sae_lens_clt.hooks import recorded_processing
 from sae_lens_clt.io import CFG_FILENAME, CT_CONFIG_FILENAME, WEIGHTS_FILENAME, CLTFormatError
 
 DEFAULT_CLT = "sae-lens-clt/tiny-states-clt"
@@ -75,6 +76,8 @@ class Release:
     feature_input_hook: str | None = None
     feature_output_hook: str | None = None
     dtype: str | None = None
+    # how the model must be loaded: {fold_ln, center_writing_weights, center_unembed}
+    model_processing: dict[str, bool] | None = None
     neuronpedia_id: str | None = None
     description: str = ""
     source: str = ""  # where the entry was registered (a YAML path or "register_release")
@@ -707,8 +710,11 @@ def from_pretrained(
 def _load_fetched(name_or_repo: str, folder: Path, **kwargs: Any) -> CrossLayerTranscoder:
     clt = load_folder(folder, **kwargs)
     _, release = resolve(name_or_repo)
-    if release is not None and release.model and not clt.cfg.metadata.model_name:
-        clt.cfg.metadata.model_name = release.model
+    md = clt.cfg.metadata
+    if release is not None and release.model and not md.model_name:
+        md.model_name = release.model
+    if release is not None and release.model_processing and recorded_processing(md) is None:
+        md.model_processing = dict(release.model_processing)
     return clt
 
 

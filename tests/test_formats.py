@@ -51,7 +51,7 @@ def test_saelens_load_with_dtype(tmp_path: Path) -> None:
 )
 def test_circuit_tracer_round_trip(tmp_path: Path, flavour: dict) -> None:
     clt = make_clt(**flavour)
-    clt.to_circuit_tracer(tmp_path, model_name="my-model")
+    clt.to_circuit_tracer(tmp_path, model_name="my-model", allow_extensions=clt.cfg.skip_connection)
     L = clt.cfg.n_layers
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"config.yaml"} | {f"W_enc_{i}.safetensors" for i in range(L)} | {
@@ -64,8 +64,8 @@ def test_circuit_tracer_round_trip(tmp_path: Path, flavour: dict) -> None:
     assert config == {
         "model_name": "my-model",
         "model_kind": "cross_layer_transcoder",
-        "feature_input_hook": "mlp.hook_in",
-        "feature_output_hook": "mlp.hook_out",
+        "feature_input_hook": "ln2.hook_normalized",  # the same tensor, not mlp.hook_in
+        "feature_output_hook": "hook_mlp_out",
     }
     loaded = CrossLayerTranscoder.from_circuit_tracer(tmp_path)
     assert loaded.cfg.metadata.hook_name == clt.cfg.metadata.hook_name
@@ -103,6 +103,16 @@ def test_circuit_tracer_refuses_what_it_cannot_hold(tmp_path: Path) -> None:
         make_clt(d_out=12).to_circuit_tracer(tmp_path)
     with pytest.raises(CLTFormatError, match="not TopK"):
         make_clt(activation_fn="topk", k=3).to_circuit_tracer(tmp_path)
+    with pytest.raises(CLTFormatError, match="reads no skip-connection weights"):
+        make_clt(skip=True).to_circuit_tracer(tmp_path)
+    bad = make_clt()
+    bad.cfg.metadata.hook_name = "blocks.{layer}.attn.hook_pattern"
+    with pytest.raises(CLTFormatError, match="not a residual-width hook point"):
+        bad.to_circuit_tracer(tmp_path)
+    bad.cfg.metadata.hook_name = "hook_embed"
+    with pytest.raises(CLTFormatError, match="does not start with"):
+        bad.to_circuit_tracer(tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 # ---------------------------------------------------------------- bad files, clear errors

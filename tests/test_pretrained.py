@@ -178,7 +178,7 @@ def test_local_saelens_layout(tmp_path: Path, flavour: dict, lazy: bool) -> None
 )
 def test_local_circuit_tracer_layout(tmp_path: Path, flavour: dict, lazy: bool) -> None:
     clt = make_clt(**flavour)
-    clt.to_circuit_tracer(tmp_path)
+    clt.to_circuit_tracer(tmp_path, allow_extensions=clt.cfg.skip_connection)
     assert P.detect_layout(tmp_path) == "circuit_tracer"
     loaded = P.from_pretrained(str(tmp_path), lazy=lazy)
     same_outputs(clt, loaded)

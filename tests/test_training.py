@@ -354,7 +354,7 @@ def test_runner_config_errors() -> None:
         override_model=make_tiny_lm(),
         override_dataset=make_text_dataset(5),
     )
-    with pytest.raises(ValueError, match="not found in the model"):
+    with pytest.raises(ValueError, match="the model has no hook point"):
         runner.run()
 
 

@@ -50,6 +50,7 @@ from transformer_lens import HookedTransformer
 
 from sae_lens_clt.attribution.graph import AttributionGraph
 from sae_lens_clt.clt import CrossLayerTranscoder
+from sae_lens_clt.hooks import prepare_for_clt
 
 Prompt = str | Sequence[int] | torch.Tensor
 
@@ -79,24 +80,21 @@ def to_tokens(model: HookedTransformer, prompt: Prompt) -> torch.Tensor:
     return tokens
 
 
-def check_compatible(model: HookedTransformer, clt: CrossLayerTranscoder) -> None:
-    """Raise a ValueError if the CLT does not fit the model's layers and hooks."""
+def check_compatible(
+    model: HookedTransformer, clt: CrossLayerTranscoder, action: str = "attribute"
+) -> None:
+    """Raise a ValueError if the CLT does not fit the model's layers and hooks.
+
+    Adds the MLP hook points (``mlp.hook_in`` / ``mlp.hook_out``) to the model when the CLT
+    reads or writes them, and warns when the model was processed (folded / centred) unlike
+    the model the CLT was trained on (:mod:`sae_lens_clt.hooks`).
+    """
     if clt.cfg.n_layers != model.cfg.n_layers:
         raise ValueError(
             f"the CLT has {clt.cfg.n_layers} layers but the model has {model.cfg.n_layers}: "
             "attribution needs a CLT over every layer of the model"
         )
-    missing = [
-        name
-        for layer in range(clt.cfg.n_layers)
-        for name in (clt.cfg.hook_in(layer), clt.cfg.hook_out(layer))
-        if name not in model.hook_dict
-    ]
-    if missing:
-        raise ValueError(
-            f"the model has no hook points {missing[:3]}...: set the CLT's "
-            "metadata.hook_name / hook_name_out templates to this model's hook names"
-        )
+    prepare_for_clt(model, clt, action)
 
 
 @contextlib.contextmanager

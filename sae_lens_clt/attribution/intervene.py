@@ -96,7 +96,7 @@ def intervene(
         :class:`InterventionResult` with logits ``[T, d_vocab]`` and activations
         ``[L, T, d_sae]``, after and before the interventions.
     """
-    check_compatible(model, clt)
+    check_compatible(model, clt, action="intervene")
     if freeze_layernorm is None:
         freeze_layernorm = freeze_attention
     tokens = to_tokens(model, prompt)[None].to(model.cfg.device)  # [1, T]

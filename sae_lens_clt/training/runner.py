@@ -42,6 +42,7 @@ from sae_lens.training.optim import get_lr_scheduler
 from tqdm.auto import tqdm
 
 from sae_lens_clt.clt import DEFAULT_INPUT_HOOK, DEFAULT_OUTPUT_HOOK, CrossLayerTranscoder
+from sae_lens_clt.hooks import model_processing, prepare_model
 from sae_lens_clt.io import atomic_save_safetensors, atomic_write_text, read_safetensors
 from sae_lens_clt.training.clt_training import (
     TrainingCrossLayerTranscoder,
@@ -122,6 +123,9 @@ class CLTTrainingRunnerConfig:
     run_name: str | None = None
     verbose: bool = True
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # SAELens' convention: kwargs of HookedTransformer.from_pretrained_no_processing (the model
+    # is loaded unprocessed unless these say otherwise); recorded in the CLT's metadata
+    model_from_pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total_training_steps(self) -> int:
@@ -189,7 +193,8 @@ class CLTTrainingRunner:
     def _load_model(self) -> Any:
         from sae_lens_clt.default_model import load_model
 
-        return load_model(self.cfg.model_name, device=self.cfg.device)
+        kwargs = self.cfg.model_from_pretrained_kwargs or {}
+        return load_model(self.cfg.model_name, device=self.cfg.device, **kwargs)
 
     def _dataset(self) -> Any:
         if self.cfg.dataset_path:
@@ -207,12 +212,7 @@ class CLTTrainingRunner:
         L = self.n_layers
         ins = [self.cfg.hook_name.format(layer=layer) for layer in range(L)]
         outs = [self.cfg.hook_name_out.format(layer=layer) for layer in range(L)]
-        missing = [h for h in ins + outs if h not in self.model.hook_dict]
-        if missing:
-            raise ValueError(
-                f"hooks {missing[:3]}... not found in the model; check hook_name / hook_name_out "
-                f"(e.g. {DEFAULT_INPUT_HOOK!r}, {DEFAULT_OUTPUT_HOOK!r})"
-            )
+        prepare_model(self.model, [self.cfg.hook_name, self.cfg.hook_name_out], L, "training")
         return ins, outs
 
     def _hook_width(self, name: str) -> int:
@@ -288,6 +288,8 @@ class CLTTrainingRunner:
         md.hook_name, md.hook_name_out = c.hook_name, c.hook_name_out
         md.context_size, md.prepend_bos = c.context_size, c.prepend_bos
         md.dataset_path = c.dataset_path or "sae_lens_clt default corpus"
+        md.model_from_pretrained_kwargs = dict(c.model_from_pretrained_kwargs)
+        md.model_processing = model_processing(self.model)  # as read from the model itself
         return TrainingCrossLayerTranscoder(tcfg)
 
     # ------------------------------------------------------------------ run
