@@ -18,6 +18,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_lens_clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
 from sae_lens_clt.attribution import AttributionGraph, attribute, to_tokens
+from sae_lens_clt.attribution.attribute import unembed_input_hook
 
 # ---------------------------------------------------------------------- fixtures
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -170,7 +171,10 @@ def frozen_targets(
     seen: dict[str, torch.Tensor] = {}
 
     def freeze(act, hook):
-        return ref.frozen[hook.name].expand_as(act)
+        clean = ref.frozen[hook.name]
+        if clean.shape[0] != 1 and clean.shape[0] != act.shape[0]:  # flattened [batch*...]
+            return clean.repeat(act.shape[0] // clean.shape[0], *([1] * (clean.ndim - 1)))
+        return clean.expand_as(act)
 
     def mlp_out(act, hook, layer):
         out = ref.y[layer] + out_inject[:, layer]
@@ -189,8 +193,11 @@ def frozen_targets(
     for s in range(L):
         hooks.append((clt.cfg.hook_in(s), keep))
         hooks.append((clt.cfg.hook_out(s), lambda a, hook, s=s: mlp_out(a, hook, s)))
-    logits = model.run_with_hooks(ref.tokens[None].expand(K, -1), fwd_hooks=hooks)
-    last = logits[:, -1]
+    unembed_in = unembed_input_hook(model)
+    hooks.append((unembed_in, keep))
+    model.run_with_hooks(ref.tokens[None].expand(K, -1), fwd_hooks=hooks)
+    # logits before any final soft-cap (Gemma-2): the linear targets the graph explains
+    last = seen[unembed_in][:, -1] @ model.W_U + model.b_U  # [K, d_vocab]
     demeaned = last[:, graph.logit_token_ids] - last.mean(-1, keepdim=True)  # [K, n_logits]
     layers, pos, feats = graph.active_features.unbind(1)
     x_in = torch.stack([seen[clt.cfg.hook_in(s)] for s in range(L)], 1)  # [K, L, T, d_in]
@@ -394,27 +401,14 @@ def test_no_active_features_still_exact() -> None:
 def circuit_tracer_graph(
     model: HookedTransformer, clt: CrossLayerTranscoder, tokens, tmp_path, **kw
 ):
-    """circuit-tracer's own graph of the same model, CLT and tokens (its TransformerLens
-    backend; the CLT goes through our circuit-tracer export)."""
+    """circuit-tracer's own graph of the same model, CLT and tokens, as its user gets it:
+    our export, then its ``load_clt`` with the hooks the written ``config.yaml`` names."""
     ct = pytest.importorskip("circuit_tracer")
-    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
-        TransformerLensReplacementModel,
-    )
-    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+    from tests.test_architectures import circuit_tracer_model
 
-    clt.to_circuit_tracer(tmp_path / "clt")
-    ct_clt = load_clt(
-        str(tmp_path / "clt"), feature_input_hook="mlp.hook_in",
-        feature_output_hook="mlp.hook_out", dtype=torch.float32,
-        device=torch.device("cpu"), lazy_decoder=False,
-    )  # fmt: skip
-    rm = TransformerLensReplacementModel.from_config(model.cfg, ct_clt, tokenizer=model.tokenizer)
-    renamed = {
-        k.replace(".mlp.", ".mlp.old_mlp.").replace("unembed.", "unembed.old_unembed."): v
-        for k, v in model.state_dict().items()
-    }
-    rm.load_state_dict(renamed, strict=False)
-    return ct.attribute(tokens, rm, **kw)
+    folder = tmp_path / "clt"
+    clt.to_circuit_tracer(folder)
+    return ct.attribute(tokens, circuit_tracer_model(model, folder), **kw)
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -422,26 +416,37 @@ def circuit_tracer_graph(
 def test_matches_circuit_tracer(pos: str, tmp_path) -> None:
     """Same nodes and edges as circuit-tracer 0.5, except that our embedding nodes also
     carry the learned positional embedding (DESIGN.md §3), which circuit-tracer leaves out."""
+    from tests.architectures import perturb_norms
+    from tests.test_architectures import assert_same_graph
+
     model = random_model(pos=pos, tokenizer=True)
+    perturb_norms(model)  # identity norm weights would hide a hook mismatch
     clt = random_clt(model)
     tokens = torch.tensor([0] + list(range(5, 18)))
     ours = attribute(model, clt, tokens)
     theirs = circuit_tracer_graph(model, clt, tokens, tmp_path, batch_size=64)
-    assert torch.equal(theirs.active_features, ours.active_features)
-    assert torch.equal(theirs.logit_token_ids, ours.logit_token_ids)
-    torch.testing.assert_close(theirs.logit_probabilities, ours.logit_probabilities)
-    columns = torch.arange(ours.n_nodes)
-    if pos == "standard":
-        columns = torch.cat([columns[: ours.embedding_offset], columns[ours.logit_offset :]])
-    scale = ours.adjacency.abs().max().item()
-    torch.testing.assert_close(
-        theirs.adjacency_matrix[:, columns], ours.adjacency[:, columns], atol=1e-5 * scale, rtol=0
-    )
+    assert_same_graph(ours, theirs, model)
     # with max_feature_nodes the progressive ranking picks the same features
     ours = attribute(model, clt, tokens, max_feature_nodes=40, batch_size=16)
     theirs = circuit_tracer_graph(model, clt, tokens, tmp_path, batch_size=16, max_feature_nodes=40)
     picked = theirs.active_features[theirs.selected_features]
     assert torch.equal(picked, ours.active_features)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_shipped_model_and_clt_match_circuit_tracer(tmp_path) -> None:
+    """The demo's case as a circuit-tracer user meets it: the shipped CLT exported, loaded
+    with the hooks of its config.yaml, traced by circuit-tracer on the shipped model."""
+    import sae_lens_clt
+    from tests.test_architectures import assert_same_graph
+
+    model = sae_lens_clt.load_model(sae_lens_clt.DEFAULT_MODEL)
+    clt = CrossLayerTranscoder.from_pretrained(sae_lens_clt.DEFAULT_CLT)
+    prompt = "The capital of the state containing Dallas is"
+    ours = attribute(model, clt, prompt)
+    theirs = circuit_tracer_graph(model, clt, to_tokens(model, prompt), tmp_path, batch_size=128)
+    assert ours.n_features == 350
+    assert_same_graph(ours, theirs, model)
 
 
 @pytest.mark.slow

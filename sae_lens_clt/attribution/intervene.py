@@ -69,6 +69,26 @@ def _decode_layer(
     return out
 
 
+def _intervention_delta(
+    clt: CrossLayerTranscoder,
+    acts: list[torch.Tensor],
+    pres: list[torch.Tensor],
+    todo: list[tuple[int, int, int, float]],
+    target: int,
+    T: int,
+) -> torch.Tensor:
+    """``Σ (value - a_now) W_dec[s -> target][f]`` at each intervened ``(s <= target, p, f)``:
+    ``[T, d_out]``. ``acts[s]`` holds the set values; the current ones are ``σ(pres[s])``."""
+    out = clt.b_dec.new_zeros(T, clt.cfg.d_out)
+    for s, pos, feat, value in todo:
+        if s <= target:
+            now = clt.activation(pres[s], s)[pos, feat]
+            out[pos] += (value - now) * clt.decoder_rows(
+                s, torch.tensor([feat], device=out.device)
+            )[0, target - s]
+    return out
+
+
 @torch.no_grad()
 def intervene(
     model: HookedTransformer,
@@ -79,8 +99,9 @@ def intervene(
     freeze_attention: bool = True,
     freeze_layernorm: bool | None = None,
     freeze_features: bool = False,
+    mlps: str = "replacement",
 ) -> InterventionResult:
-    """Run the replacement model with some features set to given values.
+    """Run the replacement model (or the model itself) with some features set to given values.
 
     Args:
         model / clt / prompt: as for :func:`sae_lens_clt.attribute` (BOS is prepended).
@@ -88,17 +109,31 @@ def intervene(
             with a multiple of the clean activation. Negative positions count from the end.
         freeze_attention: keep attention patterns at their clean values.
         freeze_layernorm: keep norm scales at their clean values; ``None`` (default)
-            follows ``freeze_attention``, as circuit-tracer's ``feature_intervention`` does.
+            follows ``freeze_attention`` with ``mlps="replacement"`` and is ``False`` with
+            ``mlps="model"`` (circuit-tracer's ``feature_intervention`` freezes only the
+            attention patterns).
         freeze_features: keep every other feature at its clean activation (direct effects
             only); by default downstream features respond to the change.
+        mlps: ``"replacement"`` (default): every MLP output is the CLT's reconstruction from
+            the current features plus the clean error, so downstream MLPs respond through
+            CLT features only (the model the graph describes). ``"model"``: the model's own
+            MLPs run, and each intervened feature adds ``(value - its current activation) ×
+            its decoder vectors`` to the MLP outputs of its layer and every later one, exactly
+            circuit-tracer's ``feature_intervention``.
 
     Returns:
         :class:`InterventionResult` with logits ``[T, d_vocab]`` and activations
         ``[L, T, d_sae]``, after and before the interventions.
     """
     check_compatible(model, clt, action="intervene")
+    if mlps not in ("replacement", "model"):
+        raise ValueError(f"mlps must be 'replacement' or 'model', got {mlps!r}")
+    if mlps == "model" and freeze_features:
+        raise ValueError(
+            "freeze_features needs mlps='replacement' (the model's MLPs do not read features)"
+        )
     if freeze_layernorm is None:
-        freeze_layernorm = freeze_attention
+        freeze_layernorm = freeze_attention and mlps == "replacement"
     tokens = to_tokens(model, prompt)[None].to(model.cfg.device)  # [1, T]
     L, T, F = clt.cfg.n_layers, tokens.shape[1], clt.cfg.d_sae
     todo = _check(interventions, L, T, F)
@@ -148,6 +183,8 @@ def intervene(
         return act
 
     def write(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
+        if mlps == "model":  # the model's own output plus the intervened features' change
+            return act + _intervention_delta(clt, acts, pres, todo, layer, T).to(act.dtype)[None]
         out = _decode_layer(clt, acts, layer, T) + errors[layer]
         if clt.cfg.skip_connection:
             out = out + x_now[layer] @ clt.W_skip[layer]
