@@ -27,6 +27,7 @@ import difflib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 import yaml
 from safetensors import safe_open
 
+from sae_lens_clt import gemma_scope_2
 from sae_lens_clt import io as clt_io
 from sae_lens_clt.clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
 from sae_lens_clt.hooks import recorded_processing
@@ -50,6 +52,7 @@ RESERVED_ORG = "sae-lens-clt"  # names under this prefix are registry names, nev
 
 SAELENS_LAYOUT = "saelens"
 CIRCUIT_TRACER_LAYOUT = "circuit_tracer"
+GEMMA_SCOPE_2_LAYOUT = gemma_scope_2.LAYOUT
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w.-]+)*$")
 
 
@@ -90,10 +93,10 @@ class Release:
                 f"repo_id (Hub), package_path (inside sae_lens_clt) or path (local folder), "
                 f"got {where or 'none'}"
             )
-        if self.layout not in (None, SAELENS_LAYOUT, CIRCUIT_TRACER_LAYOUT):
+        if self.layout not in (None, SAELENS_LAYOUT, CIRCUIT_TRACER_LAYOUT, GEMMA_SCOPE_2_LAYOUT):
             raise ValueError(
                 f"release {self.name!r}: layout must be {SAELENS_LAYOUT!r}, "
-                f"{CIRCUIT_TRACER_LAYOUT!r} or null, got {self.layout!r}"
+                f"{CIRCUIT_TRACER_LAYOUT!r}, {GEMMA_SCOPE_2_LAYOUT!r} or null, got {self.layout!r}"
             )
 
     def location(self) -> str:
@@ -232,11 +235,14 @@ def detect_layout(folder: Path) -> str:
         return SAELENS_LAYOUT
     if (folder / "W_enc_0.safetensors").is_file():
         return CIRCUIT_TRACER_LAYOUT
+    if gemma_scope_2.is_gemma_scope_2(folder):
+        return GEMMA_SCOPE_2_LAYOUT
     found = sorted(p.name for p in folder.iterdir())[:12]
     raise CLTFormatError(
         f"{folder}: holds no CLT: expected {CFG_FILENAME} + {WEIGHTS_FILENAME} (SAELens "
-        f"layout) or W_enc_{{i}}/W_dec_{{i}}.safetensors + {CT_CONFIG_FILENAME} "
-        f"(circuit-tracer layout); found {found}"
+        f"layout), W_enc_{{i}}/W_dec_{{i}}.safetensors + {CT_CONFIG_FILENAME} "
+        f"(circuit-tracer layout) or a {CT_CONFIG_FILENAME} listing 'transcoders' files "
+        f"(Gemma Scope 2 layout); found {found}"
     )
 
 
@@ -438,11 +444,27 @@ def load_folder(
         if not folder.is_dir():
             raise CLTFormatError(f"{folder}: not a folder")
         clt_io.circuit_tracer_n_layers(folder)  # refuses folders without W_enc_{i} files
-    elif layout != SAELENS_LAYOUT:
+    elif layout not in (SAELENS_LAYOUT, GEMMA_SCOPE_2_LAYOUT):
         raise ValueError(
-            f"layout must be {SAELENS_LAYOUT!r}, {CIRCUIT_TRACER_LAYOUT!r} or None, got {layout!r}"
+            f"layout must be {SAELENS_LAYOUT!r}, {CIRCUIT_TRACER_LAYOUT!r}, "
+            f"{GEMMA_SCOPE_2_LAYOUT!r} or None, got {layout!r}"
         )
     want = _torch_dtype(dtype)
+    if layout == GEMMA_SCOPE_2_LAYOUT:
+        if lazy:
+            warnings.warn(
+                "the Gemma Scope 2 layout keeps each layer's decoder for all layers in one "
+                "tensor; loading it eagerly (lazy=True is not supported for this layout)",
+                UserWarning,
+                stacklevel=2,
+            )
+        cfg_dict, state = gemma_scope_2.read(folder, want)
+        cfg_dict["device"] = device
+        try:
+            cfg = CrossLayerTranscoderConfig.from_dict(cfg_dict)
+        except (TypeError, ValueError) as e:
+            raise CLTFormatError(f"{folder}: invalid CLT config ({e})") from e
+        return CrossLayerTranscoder.from_state_dict(cfg, state)
     if layout == SAELENS_LAYOUT:
         cfg_dict = clt_io.read_cfg_json(folder)
         weights = folder / WEIGHTS_FILENAME
@@ -616,7 +638,9 @@ def _fetch_hub(
             f"or pass a local folder.{_hint(repo_id)} ({e})"
         ) from e
     folder = Path(root) / prefix
-    if not (folder / "W_enc_0.safetensors").is_file():
+    if not (folder / "W_enc_0.safetensors").is_file() and not gemma_scope_2.is_gemma_scope_2(
+        folder
+    ):
         from huggingface_hub import constants
 
         offline = " (offline: only files already in the cache are seen)" * bool(

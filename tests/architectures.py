@@ -53,6 +53,16 @@ FAMILIES = {
         cfg="gemma2",
         hooks=("blocks.{layer}.mlp.hook_in", "blocks.{layer}.mlp.hook_out"),
     ),
+    # Gemma-3 (what Gemma Scope 2 CLTs read): Gemma-2's block with RMS norms on queries and
+    # keys instead of the soft-caps
+    "gemma3": dict(
+        cfg=dict(act_fn="gelu_pytorch_tanh", normalization_type="RMS", final_rms=True,
+                 use_normalization_before_and_after=True, gated_mlp=True, n_key_value_heads=2,
+                 positional_embedding_type="rotary", rotary_dim=8, rotary_base=1000000,
+                 use_qk_norm=True, attn_types=["local", "global"], window_size=6,
+                 use_attn_scale=True, original_architecture="Gemma3ForCausalLM"),
+        hooks=("blocks.{layer}.hook_resid_mid", "blocks.{layer}.hook_mlp_out"),
+    ),
     # Llama-3.2: RMS, rotary with NTK-by-parts scaling, GQA, gated SiLU
     "llama3": dict(
         cfg=dict(act_fn="silu", normalization_type="RMS", final_rms=True, gated_mlp=True,

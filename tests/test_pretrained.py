@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,8 +51,7 @@ def put_in_cache(cache: Path, repo_id: str, folder: Path, subfolder: str = "") -
     repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
     snap = repo_dir / "snapshots" / sha / subfolder
     snap.mkdir(parents=True, exist_ok=True)
-    for f in folder.iterdir():
-        (snap / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(folder, snap, dirs_exist_ok=True)
     (repo_dir / "refs").mkdir(exist_ok=True)
     (repo_dir / "refs" / "main").write_text(sha)
     return sha
