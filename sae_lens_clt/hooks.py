@@ -167,6 +167,44 @@ def prepare_for_clt(model: Any, clt: Any, action: str | None = None) -> None:
         warn_if_processing_differs(model, clt, action)
 
 
+def is_bridge(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens ``TransformerBridge`` (over a Hugging Face model)."""
+    return any(c.__name__ == "TransformerBridge" for c in type(model).__mro__)
+
+
+@torch.no_grad()
+def make_norm_scales_hookable(model: Any) -> None:
+    """Make a ``TransformerBridge``'s norm-scale hooks act on the computation (in place).
+
+    TransformerLens 3.x bridges run RMSNorm through Hugging Face's own module by default
+    (``use_native_layernorm_autograd``), computing ``hook_scale`` beside it and discarding
+    what a hook returns: freezing the scale, which attribution and frozen interventions need,
+    would silently do nothing. The bridge's hooked path is switched on instead, after checking
+    on a probe sequence that it gives the same logits; where it does not (TransformerLens
+    3.2's Gemma-2 bridge) the flags are restored and a ``ValueError`` says so.
+    """
+    if not is_bridge(model):
+        return
+    native = [m for m in model.modules() if getattr(m, "use_native_layernorm_autograd", False)]
+    if not native:
+        return
+    probe = torch.arange(1, 9, device=model.cfg.device)[None] % model.cfg.d_vocab
+    before = model(probe).float()
+    for m in native:
+        m.use_native_layernorm_autograd = False
+    after = model(probe).float()
+    if not torch.allclose(after, before, rtol=1e-4, atol=1e-4 * before.abs().max().item()):
+        for m in native:
+            m.use_native_layernorm_autograd = True
+        raise ValueError(
+            f"this TransformerBridge ({type(native[0]).__name__}) computes its norm scales "
+            "outside autograd, so they cannot be frozen, and its hooked path changes the "
+            f"model's outputs (max logit change {(after - before).abs().max().item():.3g}); "
+            "attribution and frozen interventions would not be exact: use a HookedTransformer "
+            "(HookedTransformer.from_pretrained_no_processing) for this architecture"
+        )
+
+
 # ---------------------------------------------------------------------- processing
 def _centred(w: torch.Tensor, dim: int) -> bool:
     """Whether every slice of ``w`` along ``dim`` has mean 0 to float precision."""

@@ -40,6 +40,7 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; DESIGN.md §3):
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from transformer_lens import HookedTransformer
 
 from sae_lens_clt.attribution.graph import AttributionGraph
 from sae_lens_clt.clt import CrossLayerTranscoder
-from sae_lens_clt.hooks import prepare_for_clt
+from sae_lens_clt.hooks import make_norm_scales_hookable, prepare_for_clt
 
 Prompt = str | Sequence[int] | torch.Tensor
 
@@ -95,6 +96,7 @@ def check_compatible(
             "attribution needs a CLT over every layer of the model"
         )
     prepare_for_clt(model, clt, action)
+    make_norm_scales_hookable(model)  # a TransformerBridge's RMS norm scales, so they can freeze
 
 
 @contextlib.contextmanager
@@ -161,13 +163,15 @@ def frozen_forward(
     def detach(act: torch.Tensor, hook: Any) -> torch.Tensor:
         return act.detach()
 
-    def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        store[hook.name] = act
+    # hooks store under the name asked for (a TransformerBridge alias such as hook_embed
+    # reaches the hook under its own name, embed.hook_out)
+    def keep(act: torch.Tensor, hook: Any, name: str) -> torch.Tensor:
+        store[name] = act
         return act
 
-    def leaf(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        store[hook.name] = act.detach().requires_grad_(True)
-        return store[hook.name]
+    def leaf(act: torch.Tensor, hook: Any, name: str) -> torch.Tensor:
+        store[name] = act.detach().requires_grad_(True)
+        return store[name]
 
     def mlp_out(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
         out = act.detach().requires_grad_(True)
@@ -177,21 +181,22 @@ def frozen_forward(
             return out + (skip - skip.detach()).to(out.dtype)
         return out
 
+    pos_type = getattr(model.cfg, "positional_embedding_type", "standard")
+    learned_pos = pos_type in ("standard", "shortformer")
     hooks: list[tuple[str, Any]] = [
         (name, detach)
         for name in model.hook_dict
         if name.endswith(".hook_scale") or name.endswith(".hook_pattern")
     ]
-    hooks += [("hook_embed", leaf), ("hook_pos_embed", leaf)]
+    hooks.append(("hook_embed", functools.partial(leaf, name="hook_embed")))
+    if learned_pos:  # (a rotary TransformerBridge names its rotary tables hook_pos_embed)
+        hooks.append(("hook_pos_embed", functools.partial(leaf, name="hook_pos_embed")))
     for layer in range(L):
-        hooks.append((clt.cfg.hook_in(layer), keep))
-        hooks.append(
-            (clt.cfg.hook_out(layer), lambda a, hook, layer=layer: mlp_out(a, hook, layer))
-        )
+        hooks.append((clt.cfg.hook_in(layer), functools.partial(keep, name=clt.cfg.hook_in(layer))))
+        hooks.append((clt.cfg.hook_out(layer), functools.partial(mlp_out, layer=layer)))
     unembed_hook = unembed_input_hook(model)
-    hooks.append((unembed_hook, keep))
+    hooks.append((unembed_hook, functools.partial(keep, name=unembed_hook)))
     hooks = [(n, f) for n, f in hooks if n in model.hook_dict]
-    pos_type = getattr(model.cfg, "positional_embedding_type", "standard")
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens[None].to(model.cfg.device), fwd_hooks=hooks)
     clt_inputs = [store[clt.cfg.hook_in(layer)] for layer in range(L)]
@@ -203,7 +208,7 @@ def frozen_forward(
         unembed_input=store[unembed_hook],
         mlp_out_leaves=leaves,
         embed_leaf=store["hook_embed"],
-        pos_leaf=store.get("hook_pos_embed") if pos_type in ("standard", "shortformer") else None,
+        pos_leaf=store.get("hook_pos_embed") if learned_pos else None,
         x=torch.stack([a[0].detach() for a in clt_inputs], dim=1),
         y=torch.stack([a[0].detach() for a in leaves], dim=1),
     )

@@ -19,6 +19,7 @@ attribution graph describes, so downstream MLPs respond through CLT features onl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -141,8 +142,8 @@ def intervene(
     # 1. clean run
     cache: dict[str, torch.Tensor] = {}
 
-    def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        cache[hook.name] = act.detach()
+    def keep(act: torch.Tensor, hook: Any, name: str) -> torch.Tensor:
+        cache[name] = act.detach()  # under the name asked for (bridge aliases differ)
         return act
 
     frozen = [
@@ -154,7 +155,8 @@ def intervene(
     names = (
         frozen + [clt.cfg.hook_in(s) for s in range(L)] + [clt.cfg.hook_out(s) for s in range(L)]
     )
-    clean_logits = model.run_with_hooks(tokens, fwd_hooks=[(n, keep) for n in names])[0]
+    clean_hooks = [(n, functools.partial(keep, name=n)) for n in names]
+    clean_logits = model.run_with_hooks(tokens, fwd_hooks=clean_hooks)[0]
     x = torch.stack([cache[clt.cfg.hook_in(s)][0] for s in range(L)]).to(clt.dtype)  # [L,T,d]
     y = torch.stack([cache[clt.cfg.hook_out(s)][0] for s in range(L)]).to(clt.dtype)
     clean_pre = torch.stack([clt.encode_layer_pre(x[s], s) for s in range(L)])  # [L, T, F]
@@ -166,8 +168,8 @@ def intervene(
     acts: list[torch.Tensor] = []
     pres: list[torch.Tensor] = []
 
-    def replace(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        return cache[hook.name].to(act.dtype)
+    def replace(act: torch.Tensor, hook: Any, name: str) -> torch.Tensor:
+        return cache[name].to(act.dtype)
 
     x_now: dict[int, torch.Tensor] = {}  # current CLT input per layer, [T, d_in]
 
@@ -190,7 +192,7 @@ def intervene(
             out = out + x_now[layer] @ clt.W_skip[layer]
         return out[None].to(act.dtype)
 
-    hooks: list[tuple[str, Any]] = [(n, replace) for n in frozen]
+    hooks: list[tuple[str, Any]] = [(n, functools.partial(replace, name=n)) for n in frozen]
     for s in range(L):
         hooks.append((clt.cfg.hook_in(s), lambda a, hook, s=s: read(a, hook, s)))
         hooks.append((clt.cfg.hook_out(s), lambda a, hook, s=s: write(a, hook, s)))
