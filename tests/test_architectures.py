@@ -133,6 +133,11 @@ def test_runner_trains_on_the_tensors_attribution_reads(name: str, tmp_path) -> 
     )
     trained = runner.run()
     assert runner.step == 4 and trained.cfg.metadata.hook_name == hook_in
+    md = trained.cfg.metadata  # how the model was loaded, read from the model itself
+    assert md.model_processing == dict.fromkeys(
+        ("fold_ln", "center_writing_weights", "center_unembed"), False
+    )
+    assert md.model_from_pretrained_kwargs == {}
     # what the store feeds the trainer for a sequence == what attribution reads for it
     store = runner._make_store()
     tokens = to_tokens(fam.model, fam.prompt)
