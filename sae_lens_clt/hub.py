@@ -29,6 +29,7 @@ import yaml
 
 from sae_lens_clt import io as clt_io
 from sae_lens_clt.clt import CrossLayerTranscoder
+from sae_lens_clt.hooks import recorded_processing
 
 LIBRARY_NAME = "sae-lens-clt"
 TAGS = [
@@ -133,6 +134,17 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _processing_row(meta: Any) -> str:
+    """How the CLT's model must be loaded, from the recorded processing."""
+    record = recorded_processing(meta)
+    if record is None:
+        return "not recorded"
+    done = [k for k, v in record.items() if v]
+    if not done:
+        return "unprocessed (`HookedTransformer.from_pretrained_no_processing`)"
+    return "with " + ", ".join(f"`{k}=True`" for k in done)
+
+
 def model_card(clt: CrossLayerTranscoder, repo_id: str, layouts: list[str]) -> str:
     """``README.md`` text: YAML metadata + hooks, shapes, metrics and loading snippets."""
     c, meta = clt.cfg, clt.cfg.metadata
@@ -152,6 +164,7 @@ def model_card(clt: CrossLayerTranscoder, repo_id: str, layouts: list[str]) -> s
         ("Skip connection", "yes" if c.skip_connection else "no"),
         ("Input hook (reads)", f"`{c.metadata.hook_name}`"),
         ("Output hook (writes)", f"`{c.metadata.hook_name_out}`"),
+        ("Model loaded", _processing_row(meta)),
         ("dtype", c.dtype),
     ]
     metric_rows, missing = _metric_rows(meta)

@@ -1,6 +1,6 @@
 """Attribution graphs: exactness by intervention, a hand-computed case, save / load.
 
-The core check (DESIGN.md §3): under full freeze (attention patterns, norm scales and
+The core check (docs/design.md §3): under full freeze (attention patterns, norm scales and
 feature activations all held at their values on the prompt), inject one source's vector in
 a separate forward run; every target (active features' pre-activations and the demeaned
 logits) must move by exactly that source's column of the adjacency matrix. The reference
@@ -415,7 +415,7 @@ def circuit_tracer_graph(
 @pytest.mark.parametrize("pos", ["rotary", "standard"])
 def test_matches_circuit_tracer(pos: str, tmp_path) -> None:
     """Same nodes and edges as circuit-tracer 0.5, except that our embedding nodes also
-    carry the learned positional embedding (DESIGN.md §3), which circuit-tracer leaves out."""
+    carry the learned positional embedding (docs/design.md §3), which circuit-tracer leaves out."""
     from tests.architectures import perturb_norms
     from tests.test_architectures import assert_same_graph
 

@@ -15,7 +15,7 @@ from tests.conftest import make_clt
 
 
 def reference_forward(clt: CrossLayerTranscoder, x: torch.Tensor) -> torch.Tensor:
-    """The DESIGN.md §3 formula written out with explicit loops over (s, t)."""
+    """The docs/design.md §3 formula written out with explicit loops over (s, t)."""
     L = clt.cfg.n_layers
     acts = []
     for s in range(L):

@@ -1,4 +1,4 @@
-"""Attribution graphs over a CLT local replacement model (DESIGN.md §3).
+"""Attribution graphs over a CLT local replacement model (docs/design.md §3).
 
 ``attribute`` builds an :class:`AttributionGraph` of exact direct effects; the graph prunes
 itself, scores itself, exports circuit-tracer / Neuronpedia JSON and draws itself;

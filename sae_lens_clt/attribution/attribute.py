@@ -1,6 +1,6 @@
 """Attribution graphs: exact direct effects over a CLT local replacement model.
 
-Algorithm (one prompt of ``T`` tokens, ``L`` layers; DESIGN.md §3):
+Algorithm (one prompt of ``T`` tokens, ``L`` layers; docs/design.md §3):
 
 1. **One forward pass** of the model with hooks that (a) detach every attention pattern
    (``hook_pattern``) and every norm scale (``hook_scale`` of ln1 / ln2 / ln_final), so
@@ -17,7 +17,7 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; DESIGN.md §3):
 3. **Targets**: demeaned logits of the most probable tokens (until their probabilities
    sum to ``desired_logit_prob`` or there are ``max_n_logits``): gradient
    ``W_U[:, tok] - mean_v W_U[:, v]`` injected at the unembedding input of the last
-   position; active features' pre-activations: ``W_enc[l][:, f]`` at the CLT input of
+   position (so a final logit soft-cap, as in Gemma-2, is outside the linear target); active features' pre-activations: ``W_enc[l][:, f]`` at the CLT input of
    layer ``l``, position ``p``.
 4. **Batched backward passes**: a batch of ``B`` targets is one vmapped
    ``torch.autograd.grad(..., is_grads_batched=True)`` over the retained graph, asking
@@ -420,7 +420,8 @@ def attribute(
     """Attribution graph of ``prompt`` over the CLT local replacement model.
 
     Args:
-        model: the ``HookedTransformer`` the CLT was trained on.
+        model: the ``HookedTransformer`` the CLT was trained on (or a TransformerLens
+            ``TransformerBridge``), loaded the same way (unprocessed, as SAELens trains).
         clt: a :class:`CrossLayerTranscoder` over every layer of ``model``.
         prompt: a string (needs ``model.tokenizer``) or token ids; BOS is prepended.
         max_n_logits / desired_logit_prob: which output tokens become logit nodes.

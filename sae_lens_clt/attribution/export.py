@@ -1,4 +1,4 @@
-"""Graph JSON for Neuronpedia's circuit viewer and circuit-tracer's local server (DESIGN.md §4).
+"""Graph JSON for Neuronpedia's circuit viewer and circuit-tracer's local server (docs/design.md §4).
 
 Algorithm:
 

@@ -148,7 +148,7 @@ class AttributionGraph:
         return prune_graph(self, node_threshold, edge_threshold)
 
     def scores(self) -> GraphScores:
-        """Replacement and completeness scores (DESIGN.md §3)."""
+        """Replacement and completeness scores (docs/design.md §3)."""
         from sae_lens_clt.attribution.prune import graph_scores
 
         return graph_scores(self)

@@ -1,4 +1,4 @@
-"""Influence, pruning and graph scores (DESIGN.md §3, "Influence, pruning, scores").
+"""Influence, pruning and graph scores (docs/design.md §3, "Influence, pruning, scores").
 
 Algorithm (graph of ``N`` nodes, adjacency ``A [N, N]``, rows = targets):
 
