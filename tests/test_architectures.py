@@ -35,9 +35,6 @@ def circuit_tracer_model(model, folder):
     """circuit-tracer's replacement model over ``model``'s weights and the CLT in ``folder``,
     loaded with the hooks that the folder's config.yaml names."""
     pytest.importorskip("circuit_tracer")
-    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
-        TransformerLensReplacementModel,
-    )
     from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
 
     config = yaml.safe_load((folder / "config.yaml").read_text())
@@ -46,6 +43,15 @@ def circuit_tracer_model(model, folder):
         feature_output_hook=config["feature_output_hook"], dtype=torch.float32,
         device=torch.device("cpu"), lazy_decoder=False,
     )  # fmt: skip
+    return circuit_tracer_replacement_model(model, ct_clt)
+
+
+def circuit_tracer_replacement_model(model, ct_clt):
+    """circuit-tracer's TransformerLens replacement model over ``model``'s weights."""
+    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
+        TransformerLensReplacementModel,
+    )
+
     rm = TransformerLensReplacementModel.from_config(model.cfg, ct_clt, tokenizer=model.tokenizer)
     renamed = {
         k.replace(".mlp.", ".mlp.old_mlp.").replace("unembed.", "unembed.old_unembed."): v

@@ -26,26 +26,12 @@ from safetensors.torch import save_file
 from sae_lens_clt import CrossLayerTranscoder
 from sae_lens_clt.attribution import attribute
 from tests.architectures import build
-from tests.test_architectures import assert_same_graph
+from tests.test_architectures import assert_same_graph, circuit_tracer_replacement_model
 from tests.test_attribution import toy_tokenizer
 from tests.test_pretrained import hub_cache, put_in_cache  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore")]
 ct = pytest.importorskip("circuit_tracer")
-
-
-def circuit_tracer_rm(model, ct_clt):
-    from circuit_tracer.replacement_model.replacement_model_transformerlens import (
-        TransformerLensReplacementModel,
-    )
-
-    rm = TransformerLensReplacementModel.from_config(model.cfg, ct_clt, tokenizer=model.tokenizer)
-    renamed = {
-        k.replace(".mlp.", ".mlp.old_mlp.").replace("unembed.", "unembed.old_unembed."): v
-        for k, v in model.state_dict().items()
-    }
-    rm.load_state_dict(renamed, strict=False)
-    return rm
 
 
 @pytest.mark.parametrize(
@@ -86,7 +72,9 @@ def test_mntss_layout_by_name(
     their_clt, _ = load_transcoder_from_hub(repo_id, device=torch.device("cpu"), use_cache=False,
                                             lazy_decoder=False)  # fmt: skip
     ours = attribute(fam.model, clt, fam.prompt)
-    theirs = ct.attribute(fam.prompt, circuit_tracer_rm(fam.model, their_clt), batch_size=64)
+    theirs = ct.attribute(
+        fam.prompt, circuit_tracer_replacement_model(fam.model, their_clt), batch_size=64
+    )
     assert ours.n_features > 10
     assert_same_graph(ours, theirs, fam.model)
 
@@ -125,5 +113,7 @@ def test_gemma_scope_2_layout(tmp_path: Path, hub_cache: Path) -> None:  # noqa:
     their_clt = load_gemma_scope_2_clt({**paths, L: ""}, device=torch.device("cpu"),
                                        dtype=torch.float32)  # fmt: skip
     ours = attribute(fam.model, loaded, fam.prompt)
-    theirs = ct.attribute(fam.prompt, circuit_tracer_rm(fam.model, their_clt), batch_size=64)
+    theirs = ct.attribute(
+        fam.prompt, circuit_tracer_replacement_model(fam.model, their_clt), batch_size=64
+    )
     assert_same_graph(ours, theirs, fam.model)
