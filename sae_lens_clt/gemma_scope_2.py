@@ -76,7 +76,9 @@ def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[
     files = [resolve_file(str(e), folder) for e in config["transcoders"]]
     if not files:
         raise CLTFormatError(f"{source}: 'transcoders' lists no files")
-    shapes = tensor_shapes(files[0]) if files[0].is_file() else {}
+    if not files[0].is_file():
+        raise CLTFormatError(f"{files[0]}: file not found (layer 0 of {source})")
+    shapes = tensor_shapes(files[0])
     for name in ("w_enc", "w_dec", "b_enc", "b_dec", "threshold"):
         if name not in shapes:
             raise CLTFormatError(
@@ -107,9 +109,10 @@ def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[
                 f"every layer file of {source} must have the same shapes, with w_dec over all "
                 f"{L} layers"
             )
-        layers.append(read_safetensors(path, list(want)))
-    file_dtype = layers[0]["w_enc"].dtype
-    dt = dtype or file_dtype
+        params = read_safetensors(path, list(want))
+        params["w_dec"] = params["w_dec"][:, i:].clone()  # drop targets < i now: peak = final
+        layers.append(params)
+    dt = dtype or layers[0]["w_enc"].dtype
     state: dict[str, torch.Tensor] = {
         "W_enc": torch.stack([p["w_enc"] for p in layers]).to(dt),
         "b_enc": torch.stack([p["b_enc"] for p in layers]).to(dt),
@@ -117,7 +120,7 @@ def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[
         "b_dec": torch.stack([p["b_dec"] for p in layers]).to(dt),
     }
     for i, p in enumerate(layers):
-        state[f"W_dec.{i}"] = p["w_dec"][:, i:].to(dt).contiguous()
+        state[f"W_dec.{i}"] = p["w_dec"].to(dt)
     if skip:
         state["W_skip"] = torch.stack([p["affine_skip_connection"] for p in layers]).to(dt)
     metadata: dict[str, Any] = {
