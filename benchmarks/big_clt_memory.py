@@ -6,7 +6,7 @@ Usage: ``python benchmarks/big_clt_memory.py [--dir DIR] [--keep] [--features 20
    2048 features per layer, bf16 (about 3.3 GiB of files), one layer at a time, so building
    it needs about one layer's decoder (0.25 GB) of RAM, not the whole CLT.
 2. In a fresh subprocess, import ``sae_lens_clt`` (baseline RSS), load the CLT eagerly with
-   :func:`sae_lens_clt.pretrained.from_pretrained` and read the peak RSS
+   :meth:`CrossLayerTranscoder.from_pretrained` and read the peak RSS
    (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, cross-checked with ``VmHWM`` of
    ``/proc/self/status``). It must stay below 1.3x the file size. Linux carries a parent's
    ``ru_maxrss`` into its children across fork + exec, so the parent stays small: it never
@@ -86,7 +86,7 @@ def child(mode: str, folder: Path, out: Path) -> None:
     """Run in a subprocess: load (eager or lazy), encode + decode a batch, report."""
     import torch
 
-    from sae_lens_clt.pretrained import from_pretrained
+    from sae_lens_clt import CrossLayerTranscoder
 
     torch.set_num_threads(1)
     report: dict[str, float | int | str | bool] = {
@@ -95,7 +95,7 @@ def child(mode: str, folder: Path, out: Path) -> None:
         "baseline_vmhwm_mb": hwm_mb(),
     }
     t0 = time.perf_counter()
-    clt = from_pretrained(str(folder), lazy=(mode == "lazy"))
+    clt = CrossLayerTranscoder.from_pretrained(str(folder), lazy=(mode == "lazy"))
     report["load_s"] = time.perf_counter() - t0
     report["peak_rss_after_load_mb"] = rss_mb()
     report["vmhwm_after_load_mb"] = hwm_mb()

@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sae_lens_clt import corpus  # noqa: E402
 from sae_lens_clt.default_model import (  # noqa: E402
     EVAL_SEED_OFFSET,
+    corpus,  # noqa: E402
     greedy_completions,
     load_model,
 )

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from sae_lens_clt.training.clt_training import (
+from sae_lens_clt.transcoders.clt_training import (
     TrainingCrossLayerTranscoder,
     TrainingCrossLayerTranscoderConfig,
 )

@@ -29,10 +29,10 @@ import time
 
 import torch
 
-from sae_lens_clt.clt import CrossLayerTranscoder
 from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
-from sae_lens_clt.pretrained import DEFAULT_CLT
+from sae_lens_clt.loading.releases import DEFAULT_CLT
 from sae_lens_clt.training.runner import CLTTrainingRunner, CLTTrainingRunnerConfig
+from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 
 
 def matmul_bound_seconds(

@@ -19,7 +19,6 @@ Algorithm (``evaluate_clt``), over batches of held-out token sequences:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +26,9 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_lens_clt.clt import CrossLayerTranscoder
 from sae_lens_clt.hooks import prepare_for_clt
+from sae_lens_clt.registry import Transcoder
+from sae_lens_clt.replacement import ReplacementHooks, zero_mlp_hooks
 
 DENSE_FREQUENCY = 0.10
 
@@ -74,7 +74,7 @@ class CLTEvalResult:
 
 
 def cache_clt_io(
-    model: HookedTransformer, clt: CrossLayerTranscoder, tokens: torch.Tensor
+    model: HookedTransformer, clt: Transcoder, tokens: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward pass: ``(logits [B, T, V], x [B, T, L, d_in], y [B, T, L, d_out])``."""
     L = clt.cfg.n_layers
@@ -87,45 +87,6 @@ def cache_clt_io(
     return logits, x, y
 
 
-def replacement_hooks(
-    clt: CrossLayerTranscoder, mode: str = "clt", keep_first: int = 1
-) -> list[tuple[str, Any]]:
-    """Forward hooks that turn the model into the replacement model.
-
-    ``mode="clt"``: each MLP output becomes the CLT reconstruction from the replacement
-    model's own MLP inputs; ``mode="zero"``: MLP outputs become zero. Positions before
-    ``keep_first`` keep the original MLP output.
-    """
-    L = clt.cfg.n_layers
-    acts: dict[int, torch.Tensor] = {}
-    inputs: dict[int, torch.Tensor] = {}
-
-    def read(value: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
-        inputs[layer] = value  # [B, T, d_in], for a skip connection
-        acts[layer] = clt.encode_layer(value, layer)  # [B, T, F]
-        return value
-
-    def write(value: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
-        if mode == "zero":
-            new = torch.zeros_like(value)
-        else:
-            new = clt.b_dec[layer].expand_as(value).clone()
-            for s in range(layer + 1):
-                new = new + acts[s] @ clt.decoder_block(s, layer)
-            if clt.cfg.skip_connection:
-                new = new + inputs[layer].to(clt.dtype) @ clt.W_skip[layer]
-        new = new.to(value.dtype)
-        new[:, :keep_first] = value[:, :keep_first]
-        return new
-
-    hooks: list[tuple[str, Any]] = []
-    for layer in range(L):
-        if mode == "clt":
-            hooks.append((clt.cfg.hook_in(layer), functools.partial(read, layer=layer)))
-        hooks.append((clt.cfg.hook_out(layer), functools.partial(write, layer=layer)))
-    return hooks
-
-
 def _next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-token next-token cross-entropy ``[B, T-1]`` (predicting positions 1..T-1)."""
     logp = logits[:, :-1].float().log_softmax(-1)
@@ -135,7 +96,7 @@ def _next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor
 @torch.no_grad()
 def evaluate_clt(
     model: HookedTransformer,
-    clt: CrossLayerTranscoder,
+    clt: Transcoder,
     token_batches: Iterable[torch.Tensor],
     replacement: bool = True,
 ) -> CLTEvalResult:
@@ -166,8 +127,9 @@ def evaluate_clt(
         n += x.shape[0]
         if replacement:
             base_loss = _next_token_loss(logits, tokens)[:, 1:]  # predictions from pos >= 1
-            clt_logits = model.run_with_hooks(tokens, fwd_hooks=replacement_hooks(clt, "clt"))
-            zero_logits = model.run_with_hooks(tokens, fwd_hooks=replacement_hooks(clt, "zero"))
+            replaced = ReplacementHooks(clt, keep_first=1).hooks()
+            clt_logits = model.run_with_hooks(tokens, fwd_hooks=replaced)
+            zero_logits = model.run_with_hooks(tokens, fwd_hooks=zero_mlp_hooks(clt, keep_first=1))
             losses["orig"] += base_loss.sum().item()
             losses["clt"] += _next_token_loss(clt_logits, tokens)[:, 1:].sum().item()
             losses["zero"] += _next_token_loss(zero_logits, tokens)[:, 1:].sum().item()

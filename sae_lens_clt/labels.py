@@ -27,9 +27,11 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from sae_lens_clt.clt import CrossLayerTranscoder
 from sae_lens_clt.evals import cache_clt_io, token_batches_from_texts
-from sae_lens_clt.io import atomic_write_text
+from sae_lens_clt.formats.atomic import atomic_write_json
+from sae_lens_clt.formats.folder import read_folder
+from sae_lens_clt.loading import pretrained
+from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 
 LABELS_FILENAME = "feature_labels.json"
 
@@ -169,7 +171,7 @@ def compute_labels(
 
 
 def save_labels(labels: dict[str, Any], folder: str | Path) -> Path:
-    return atomic_write_text(Path(folder) / LABELS_FILENAME, json.dumps(labels, ensure_ascii=False))
+    return atomic_write_json(Path(folder) / LABELS_FILENAME, labels, ensure_ascii=False)
 
 
 def load_labels(folder: str | Path) -> dict[str, Any] | None:
@@ -189,3 +191,15 @@ def label_map(labels: dict[str, Any] | None) -> dict[tuple[int, int], str]:
         layer, feat = key.split(":")
         out[(int(layer), int(feat))] = info["label"]
     return out
+
+
+def from_pretrained_with_labels(
+    name_or_repo: str, *, device: str = "cpu"
+) -> tuple[CrossLayerTranscoder, dict[tuple[int, int], str]]:
+    """``CrossLayerTranscoder.from_pretrained`` plus the feature labels cached next to the
+    CLT (``{}`` if none), fetching the folder once."""
+    where, layout = pretrained.fetch(name_or_repo)
+    contents = read_folder(where, layout=layout)
+    pretrained.apply_release_metadata(name_or_repo, contents.cfg_dict)
+    clt = CrossLayerTranscoder.from_folder_contents(contents, device=device)
+    return clt, label_map(load_labels(where))

@@ -92,7 +92,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     if args.labels_only or args.eval_only:
-        from sae_lens_clt.clt import CrossLayerTranscoder
+        from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 
         model = load_model(model_dir=args.model_dir)
         clt = CrossLayerTranscoder.load_from_disk(args.out)

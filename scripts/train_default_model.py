@@ -41,11 +41,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sae_lens_clt import corpus  # noqa: E402
 from sae_lens_clt.default_model import (  # noqa: E402
     BOS_TOKEN,
     CONTEXT_SIZE,
     DEFAULT_MODEL_DIR,
+    corpus,  # noqa: E402
     default_documents,
     load_tokenizer,
     model_config,

@@ -7,7 +7,39 @@ import socket
 import pytest
 import torch
 
-from sae_lens_clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
+from sae_lens_clt import (
+    CrossLayerTranscoder,
+    CrossLayerTranscoderConfig,
+    PerLayerTranscoder,
+    PerLayerTranscoderConfig,
+    SkipCrossLayerTranscoder,
+    SkipCrossLayerTranscoderConfig,
+    TopKCrossLayerTranscoder,
+    TopKCrossLayerTranscoderConfig,
+)
+
+
+def new_transcoder(
+    activation_fn: str = "jumprelu",
+    skip: bool = False,
+    plt: bool = False,
+    k: int | None = None,
+    **cfg,
+) -> CrossLayerTranscoder:
+    """A freshly initialised transcoder of the class the flags name (TopK, skip, PLT or CLT)."""
+    if activation_fn == "topk":
+        return TopKCrossLayerTranscoder(TopKCrossLayerTranscoderConfig(k=k or 4, **cfg))
+    if skip:
+        return SkipCrossLayerTranscoder(
+            SkipCrossLayerTranscoderConfig(activation_fn=activation_fn, **cfg)
+        )
+    if plt:
+        return PerLayerTranscoder(PerLayerTranscoderConfig(activation_fn=activation_fn, **cfg))
+    return CrossLayerTranscoder(CrossLayerTranscoderConfig(activation_fn=activation_fn, **cfg))
+
+
+def has_skip(clt: CrossLayerTranscoder) -> bool:
+    return isinstance(clt, SkipCrossLayerTranscoder)
 
 
 def make_clt(
@@ -20,20 +52,21 @@ def make_clt(
     k: int | None = None,
     seed: int = 0,
     dtype: str = "float32",
+    plt: bool = False,
 ) -> CrossLayerTranscoder:
-    """A random CLT whose thresholds / biases leave a fair share of features active."""
-    cfg = CrossLayerTranscoderConfig(
+    """A random transcoder whose thresholds / biases leave a fair share of features active."""
+    clt = new_transcoder(
+        activation_fn,
+        skip,
+        plt,
+        k,
         n_layers=n_layers,
         d_in=d_in,
         d_out=d_out or d_in,
         d_sae=d_sae,
-        activation_fn=activation_fn,  # type: ignore[arg-type]
-        k=k,
-        skip_connection=skip,
         dtype=dtype,
     )
-    cfg.metadata.model_name = "test-model"
-    clt = CrossLayerTranscoder(cfg)
+    clt.cfg.metadata.model_name = "test-model"
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         clt.reset_parameters(generator=gen)
@@ -75,6 +108,7 @@ FLAVOURS = [
     pytest.param({"activation_fn": "topk", "k": 4}, id="topk"),
     pytest.param({"activation_fn": "jumprelu", "skip": True}, id="jumprelu-skip"),
     pytest.param({"activation_fn": "relu", "d_out": 12}, id="relu-dout12"),
+    pytest.param({"activation_fn": "jumprelu", "plt": True}, id="plt"),
 ]
 
 

@@ -145,7 +145,7 @@ def test_runner_trains_on_the_tensors_attribution_reads(name: str, tmp_path) -> 
     )
     assert md.model_from_pretrained_kwargs == {}
     # what the store feeds the trainer for a sequence == what attribution reads for it
-    store = runner._make_store()
+    store = runner.make_store()
     tokens = to_tokens(fam.model, fam.prompt)
     acts = store.get_multi_hook_activations(tokens[None])
     L = fam.model.cfg.n_layers

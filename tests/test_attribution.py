@@ -19,6 +19,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sae_lens_clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
 from sae_lens_clt.attribution import AttributionGraph, attribute, to_tokens
 from sae_lens_clt.attribution.attribute import unembed_input_hook
+from tests.conftest import has_skip, new_transcoder
 
 # ---------------------------------------------------------------------- fixtures
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,10 +74,8 @@ def random_clt(
 ) -> CrossLayerTranscoder:
     """A random CLT over ``model`` whose thresholds leave about ``active_frac`` active."""
     L, d = model.cfg.n_layers, model.cfg.d_model
-    cfg = CrossLayerTranscoderConfig(
-        n_layers=L, d_in=d, d_sae=d_sae, skip_connection=skip, activation_fn=activation_fn
-    )
-    clt = CrossLayerTranscoder(cfg)
+    clt = new_transcoder(activation_fn, skip, n_layers=L, d_in=d, d_sae=d_sae)
+    cfg = clt.cfg
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         clt.W_enc.normal_(0, 1.0, generator=gen)
@@ -178,7 +177,7 @@ def frozen_targets(
 
     def mlp_out(act, hook, layer):
         out = ref.y[layer] + out_inject[:, layer]
-        if clt.cfg.skip_connection:  # the skip path stays linear in the current input
+        if has_skip(clt):  # the skip path stays linear in the current input
             out = out + (seen[clt.cfg.hook_in(layer)] - ref.x[layer]) @ clt.W_skip[layer]
         return out
 

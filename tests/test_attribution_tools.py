@@ -231,7 +231,7 @@ def test_intervene_rejects_mismatched_clt() -> None:
 def test_cli_writes_graph_json_and_figure(tmp_path, monkeypatch, capsys) -> None:
     import argparse
 
-    from sae_lens_clt.attribution import cli
+    from sae_lens_clt.cli import attribute as cli
 
     model = random_model(tokenizer=True)
     monkeypatch.setattr(cli, "load_model_by_name", lambda name, device: model)

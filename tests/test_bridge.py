@@ -130,7 +130,7 @@ def test_bridge_trains(tmp_path) -> None:
     assert runner.step == 4 and clt.cfg.n_layers == 2
     # what the bridge's store feeds the trainer equals what the HookedTransformer gives
     tokens = torch.tensor([[0] + list(range(3, 16))])
-    acts = runner._make_store().get_multi_hook_activations(tokens)
+    acts = runner.make_store().get_multi_hook_activations(tokens)
     _, cache = ht.run_with_cache(tokens)
     for layer in range(2):
         for hook in (hook_in, hook_out):

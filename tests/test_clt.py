@@ -10,8 +10,14 @@ import torch
 from sae_lens.registry import SAE_CLASS_REGISTRY
 
 import sae_lens_clt
-from sae_lens_clt import ARCHITECTURE, CrossLayerTranscoder, CrossLayerTranscoderConfig
-from tests.conftest import make_clt
+from sae_lens_clt import (
+    ARCHITECTURE,
+    CrossLayerTranscoder,
+    CrossLayerTranscoderConfig,
+    PerLayerTranscoder,
+)
+from sae_lens_clt.registry import registration
+from tests.conftest import has_skip, make_clt
 
 
 def reference_forward(clt: CrossLayerTranscoder, x: torch.Tensor) -> torch.Tensor:
@@ -31,9 +37,10 @@ def reference_forward(clt: CrossLayerTranscoder, x: torch.Tensor) -> torch.Tenso
     outs = []
     for t in range(L):
         y = clt.b_dec[t].expand(*x.shape[:-2], -1).clone()
-        for s in range(t + 1):
+        # a CLT feature read at s writes to every t >= s, a per-layer transcoder's to s only
+        for s in [t] if isinstance(clt, PerLayerTranscoder) else range(t + 1):
             y = y + acts[s] @ clt.decoder_block(s, t)
-        if clt.cfg.skip_connection:
+        if has_skip(clt):
             y = y + x[..., t, :] @ clt.W_skip[t]
         outs.append(y)
     return torch.stack(outs, dim=-2)
@@ -112,8 +119,11 @@ def test_sparse_decode_gradients_equal_dense() -> None:
 
 def test_registered_in_saelens_and_reimport_is_harmless() -> None:
     assert SAE_CLASS_REGISTRY[ARCHITECTURE][0] is CrossLayerTranscoder
-    importlib.reload(importlib.import_module("sae_lens_clt.registry")).register_all()
-    sae_lens_clt.register_all()
+    importlib.reload(importlib.import_module("sae_lens_clt.registry"))  # forgets the table
+    assert registration(ARCHITECTURE).cls is CrossLayerTranscoder  # the built-ins come back
+    sae_lens_clt.register_architecture(
+        ARCHITECTURE, CrossLayerTranscoder, CrossLayerTranscoderConfig
+    )
     assert ARCHITECTURE in SAE_CLASS_REGISTRY
 
 
@@ -150,7 +160,7 @@ def test_metadata_hooks() -> None:
     [
         ({"n_layers": 0}, "n_layers must be a positive integer"),
         ({"activation_fn": "gelu"}, "activation_fn must be"),
-        ({"activation_fn": "topk"}, "needs 0 < k <= d_sae"),
+        ({"activation_fn": "topk"}, "TopK CLTs are TopKCrossLayerTranscoder"),
         ({"apply_b_dec_to_input": True}, "apply_b_dec_to_input must be False"),
         ({"normalize_activations": "layer_norm"}, "normalize_activations must be 'none'"),
     ],

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from sae_lens_clt import corpus
 from sae_lens_clt.default_model import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_DIR,
+    corpus,
     greedy_completions,
     load_default_dataset,
     load_model,

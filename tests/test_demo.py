@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from sae_lens_clt.default_model import DEFAULT_MODEL_DIR
-from sae_lens_clt.pretrained import PACKAGE_DIR
+from sae_lens_clt.loading.releases import PACKAGE_DIR
 
-DEFAULT_CLT_DIR = PACKAGE_DIR / "data" / "default_clt"
+DEFAULT_CLT_DIR = PACKAGE_DIR / "default_model" / "default_clt"
 pytestmark = pytest.mark.skipif(
     not (DEFAULT_MODEL_DIR / "model.safetensors").exists()
     or not (DEFAULT_CLT_DIR / "sae_weights.safetensors").exists(),
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_demo_validates_the_two_hop_circuit(tmp_path: Path) -> None:
-    from sae_lens_clt.demo import run_demo
+    from sae_lens_clt.cli.demo import run_demo
 
     r = run_demo(tmp_path, verbose=False)
     assert r.top_predictions[0][0] == " Austin"

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from sae_lens_clt import CLTFormatError, CrossLayerTranscoder
-from tests.conftest import FLAVOURS, make_clt
+from tests.conftest import FLAVOURS, has_skip, make_clt
 
 
 def _same_outputs(a: CrossLayerTranscoder, b: CrossLayerTranscoder) -> None:
@@ -27,9 +27,7 @@ def test_saelens_round_trip(tmp_path: Path, flavour: dict) -> None:
     clt = make_clt(**flavour)
     clt.save_model(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
-    assert (
-        json.loads((tmp_path / "cfg.json").read_text())["architecture"] == "cross_layer_transcoder"
-    )
+    assert json.loads((tmp_path / "cfg.json").read_text())["architecture"] == clt.cfg.architecture()
     for loaded in (
         sae_lens.SAE.load_from_disk(tmp_path),
         CrossLayerTranscoder.load_from_disk(tmp_path),
@@ -51,7 +49,7 @@ def test_saelens_load_with_dtype(tmp_path: Path) -> None:
 )
 def test_circuit_tracer_round_trip(tmp_path: Path, flavour: dict) -> None:
     clt = make_clt(**flavour)
-    clt.to_circuit_tracer(tmp_path, model_name="my-model", allow_extensions=clt.cfg.skip_connection)
+    clt.to_circuit_tracer(tmp_path, model_name="my-model", allow_extensions=has_skip(clt))
     L = clt.cfg.n_layers
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"config.yaml"} | {f"W_enc_{i}.safetensors" for i in range(L)} | {
@@ -165,7 +163,7 @@ def test_wrong_architecture(saved: Path) -> None:
     (saved / "cfg.json").write_text(json.dumps(cfg))
     with pytest.raises(
         CLTFormatError,
-        match=r"cfg\.json: architecture is 'jumprelu', expected 'cross_layer_transcoder'",
+        match=r"cfg\.json: architecture 'jumprelu' is not a registered transcoder",
     ):
         CrossLayerTranscoder.load_from_disk(saved)
 
@@ -181,7 +179,9 @@ def test_truncated_safetensors(saved: Path) -> None:
 
 
 def test_missing_files(tmp_path: Path) -> None:
-    with pytest.raises(CLTFormatError, match=r"cfg\.json: file not found"):
+    with pytest.raises(
+        CLTFormatError, match=r"holds no CLT: expected cfg\.json \+ sae_weights\.safetensors"
+    ):
         CrossLayerTranscoder.load_from_disk(tmp_path)
     with pytest.raises(CLTFormatError, match="not a folder"):
         CrossLayerTranscoder.load_from_disk(tmp_path / "nope")
@@ -234,12 +234,12 @@ def test_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     clt = make_clt()
     clt.save_model(tmp_path)
     before = (tmp_path / "sae_weights.safetensors").read_bytes()
-    import sae_lens_clt.io as clt_io
+    import safetensors.torch
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(clt_io, "save_file", crash)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
     with torch.no_grad():
         clt.b_dec.add_(1)
     with pytest.raises(OSError, match="disk full"):

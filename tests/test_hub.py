@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from sae_lens_clt import CrossLayerTranscoder
-from sae_lens_clt import pretrained as P
-from sae_lens_clt.hub import PushResult, model_card, push_to_hub
+from sae_lens_clt.publish import PushResult, model_card, push_to_hub
+from sae_lens_clt.transcoders import CrossLayerTranscoder as _CLT
 from tests.conftest import make_clt
 
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -53,8 +53,8 @@ def test_pushed_folder_loads_everywhere(tmp_path: Path) -> None:
         want_acts, want_out = clt.encode(x), clt(x)
         assert (want_acts > 0).any()
         for loaded in (
-            P.from_pretrained(str(tmp_path)),
-            P.from_pretrained(str(tmp_path), lazy=True),
+            _CLT.from_pretrained(str(tmp_path)),
+            _CLT.from_pretrained(str(tmp_path), lazy=True),
             sae_lens.SAE.load_from_disk(tmp_path),
         ):
             assert isinstance(loaded, CrossLayerTranscoder)
@@ -138,7 +138,7 @@ def test_topk_gets_saelens_layout_only(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("W_enc_*"))
     x = torch.randn(3, 3, 16)
     with torch.no_grad():
-        torch.testing.assert_close(P.from_pretrained(str(tmp_path))(x), clt(x))
+        torch.testing.assert_close(_CLT.from_pretrained(str(tmp_path))(x), clt(x))
 
 
 class FakeCommit:
@@ -201,13 +201,13 @@ def test_bad_repo_id_and_lazy_clt(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="org/name"):
         push_to_hub(clt, "no-org", out_dir=tmp_path / "a")
     clt.save_model(tmp_path / "b")
-    lazy = P.from_pretrained(str(tmp_path / "b"), lazy=True)
+    lazy = _CLT.from_pretrained(str(tmp_path / "b"), lazy=True)
     with pytest.raises(ValueError, match="lazy=True"):
         push_to_hub(lazy, "me/x", out_dir=tmp_path / "c")
 
 
 def test_cli_push_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sae_lens_clt.commands import push as push_cmd
+    from sae_lens_clt.cli import push as push_cmd
 
     clt = make_clt()
     clt.to_circuit_tracer(tmp_path / "src")
@@ -248,7 +248,7 @@ def test_rewriting_a_folder_removes_stale_layers(tmp_path: Path) -> None:
     x = torch.randn(3, 2, 16)
     with torch.no_grad():
         for sub in (
-            P.from_pretrained(str(tmp_path)),
+            _CLT.from_pretrained(str(tmp_path)),
             CrossLayerTranscoder.from_circuit_tracer(tmp_path),
         ):
             torch.testing.assert_close(sub(x), smaller(x))

@@ -16,9 +16,12 @@ import yaml
 from safetensors.torch import save_file
 
 from sae_lens_clt import CrossLayerTranscoder
-from sae_lens_clt import pretrained as P
-from sae_lens_clt.io import CLTFormatError
-from tests.conftest import FLAVOURS, make_clt
+from sae_lens_clt.formats import folder as layouts
+from sae_lens_clt.formats.errors import CLTFormatError
+from sae_lens_clt.loading import pretrained as fetching
+from sae_lens_clt.loading import releases as P
+from sae_lens_clt.transcoders import CrossLayerTranscoder as _CLT
+from tests.conftest import FLAVOURS, has_skip, make_clt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +86,7 @@ def test_builtin_registry() -> None:
         assert reg[name].location() == f"hf://{name}"
     assert reg["mntss/clt-gemma-2-2b-426k"].n_layers == 26
     assert reg["mntss/clt-llama-3.2-1b-524k"].d_sae == 32768
-    assert reg[P.DEFAULT_CLT].local_folder() == P.PACKAGE_DIR / "data" / "default_clt"
+    assert reg[P.DEFAULT_CLT].local_folder() == P.PACKAGE_DIR / "default_model" / "default_clt"
 
 
 def test_default_clt_by_name_offline(
@@ -93,37 +96,37 @@ def test_default_clt_by_name_offline(
 
     clt = make_clt()
     monkeypatch.setattr(P, "PACKAGE_DIR", tmp_path)
-    clt.save_model(tmp_path / "data" / "default_clt")
+    clt.save_model(tmp_path / "default_model" / "default_clt")
     assert sae_lens_clt.DEFAULT_CLT == P.DEFAULT_CLT
     loaded = CrossLayerTranscoder.from_pretrained(sae_lens_clt.DEFAULT_CLT)
     assert loaded.cfg == clt.cfg
     same_outputs(clt, loaded)
-    lazy = P.from_pretrained(P.DEFAULT_CLT, lazy=True)
+    lazy = _CLT.from_pretrained(P.DEFAULT_CLT, lazy=True)
     same_outputs(clt, lazy)
 
 
 def test_default_clt_missing_is_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(P, "PACKAGE_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="default CLT .* is not installed"):
-        P.from_pretrained(P.DEFAULT_CLT)
+        _CLT.from_pretrained(P.DEFAULT_CLT)
 
 
 def test_unknown_name_lists_closest() -> None:
     with pytest.raises(P.UnknownCLTError) as err:
-        P.from_pretrained("sae-lens-clt/tiny-state-clt")
+        _CLT.from_pretrained("sae-lens-clt/tiny-state-clt")
     assert P.DEFAULT_CLT in str(err.value)
     with pytest.raises(P.UnknownCLTError) as err:
-        P.from_pretrained("clt-gemma-2-2b-426k")  # no org: not a Hub id either
+        _CLT.from_pretrained("clt-gemma-2-2b-426k")  # no org: not a Hub id either
     assert "mntss/clt-gemma-2-2b-426k" in str(err.value)
     assert "sae-lens-clt list" in str(err.value)
 
 
 def test_uncached_hub_id_offline_is_clear(hub_cache: Path) -> None:
     with pytest.raises(P.UnknownCLTError, match="not in the local Hugging Face cache") as err:
-        P.from_pretrained("mntss/clt-gemma-2-2b-462k")
+        _CLT.from_pretrained("mntss/clt-gemma-2-2b-462k")
     assert "mntss/clt-gemma-2-2b-426k" in str(err.value)  # closest names offered
     with pytest.raises(P.UnknownCLTError, match="not in the local Hugging Face cache") as err:
-        P.from_pretrained("mntss/clt-llama-3.2-1b-524k")  # a release, not cached
+        _CLT.from_pretrained("mntss/clt-llama-3.2-1b-524k")  # a release, not cached
     closest = str(err.value).partition("Closest registered names:")[2].partition(" (")[0]
     assert "mntss/clt-llama-3.2-1b-524k" not in closest  # never suggests the name itself
 
@@ -135,19 +138,19 @@ def test_user_releases_yaml_function_env(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "releases.yaml").write_text(yaml.safe_dump(spec))
     assert P.load_releases(tmp_path / "releases.yaml") == ["me/yaml-clt"]
     assert P.get_registry()["me/yaml-clt"].local_folder() == tmp_path / "mine"
-    same_outputs(clt, P.from_pretrained("me/yaml-clt"))
+    same_outputs(clt, _CLT.from_pretrained("me/yaml-clt"))
     with pytest.raises(ValueError, match="already registered"):
         P.load_releases(tmp_path / "releases.yaml")
 
     P.register_release("me/func-clt", path=str(tmp_path / "mine"), model="test-model")
-    same_outputs(clt, P.from_pretrained("me/func-clt"))
+    same_outputs(clt, _CLT.from_pretrained("me/func-clt"))
     P.unregister_release("me/func-clt")
     assert "me/func-clt" not in P.get_registry()
 
     env_spec = {"me/env-clt": {"path": str(tmp_path / "mine")}}
     (tmp_path / "env.yaml").write_text(yaml.safe_dump(env_spec))
     monkeypatch.setenv(P.RELEASES_ENV, str(tmp_path / "env.yaml"))
-    same_outputs(clt, P.from_pretrained("me/env-clt"))
+    same_outputs(clt, _CLT.from_pretrained("me/env-clt"))
 
 
 def test_bad_release_entries() -> None:
@@ -165,7 +168,7 @@ def test_bad_release_entries() -> None:
 def test_local_saelens_layout(tmp_path: Path, flavour: dict, lazy: bool) -> None:
     clt = make_clt(**flavour)
     clt.save_model(tmp_path)
-    assert P.detect_layout(tmp_path) == "saelens"
+    assert layouts.detect_layout(tmp_path) == "saelens"
     loaded = CrossLayerTranscoder.from_pretrained(str(tmp_path), lazy=lazy)
     assert loaded.cfg == clt.cfg
     assert (loaded.lazy_decoder is not None) == lazy
@@ -178,9 +181,9 @@ def test_local_saelens_layout(tmp_path: Path, flavour: dict, lazy: bool) -> None
 )
 def test_local_circuit_tracer_layout(tmp_path: Path, flavour: dict, lazy: bool) -> None:
     clt = make_clt(**flavour)
-    clt.to_circuit_tracer(tmp_path, allow_extensions=clt.cfg.skip_connection)
-    assert P.detect_layout(tmp_path) == "circuit_tracer"
-    loaded = P.from_pretrained(str(tmp_path), lazy=lazy)
+    clt.to_circuit_tracer(tmp_path, allow_extensions=has_skip(clt))
+    assert layouts.detect_layout(tmp_path) == "circuit_tracer"
+    loaded = _CLT.from_pretrained(str(tmp_path), lazy=lazy)
     same_outputs(clt, loaded)
     torch.testing.assert_close(loaded.decoder_norms(), clt.decoder_norms())
     torch.testing.assert_close(loaded.decoder_block(1, 2), clt.decoder_block(1, 2))
@@ -192,7 +195,7 @@ def test_dtype_and_device_options(tmp_path: Path) -> None:
     clt.to_circuit_tracer(tmp_path / "b")
     for sub in ("a", "b"):
         for lazy in (False, True):
-            loaded = P.from_pretrained(str(tmp_path / sub), dtype="float64", lazy=lazy)
+            loaded = _CLT.from_pretrained(str(tmp_path / sub), dtype="float64", lazy=lazy)
             assert loaded.W_enc.dtype == torch.float64 and loaded.cfg.dtype == "float64"
             assert loaded.decoder_rows(0, torch.tensor([1, 2])).dtype == torch.float64
 
@@ -200,7 +203,7 @@ def test_dtype_and_device_options(tmp_path: Path) -> None:
 def test_not_a_clt_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(CLTFormatError, match="holds no CLT"):
-        P.from_pretrained(str(tmp_path))
+        _CLT.from_pretrained(str(tmp_path))
 
 
 def test_truncated_decoder_file(tmp_path: Path) -> None:
@@ -208,7 +211,7 @@ def test_truncated_decoder_file(tmp_path: Path) -> None:
     dec = tmp_path / "W_dec_1.safetensors"
     dec.write_bytes(dec.read_bytes()[:-100])
     with pytest.raises(CLTFormatError, match="W_dec_1"):
-        P.from_pretrained(str(tmp_path))
+        _CLT.from_pretrained(str(tmp_path))
 
 
 # ---------------------------------------------------------------------- exact circuit-tracer fixture
@@ -258,7 +261,7 @@ def reference_forward(raw: dict[str, list[torch.Tensor]], x: torch.Tensor):
 @pytest.mark.parametrize("lazy", [False, True], ids=["eager", "lazy"])
 def test_exact_circuit_tracer_fixture(tmp_path: Path, lazy: bool) -> None:
     raw = write_circuit_tracer_fixture(tmp_path)
-    clt = P.from_pretrained(str(tmp_path), dtype="float32", lazy=lazy)
+    clt = _CLT.from_pretrained(str(tmp_path), dtype="float32", lazy=lazy)
     assert clt.cfg.metadata.model_name == "google/gemma-2-2b"
     assert clt.cfg.hook_in(3) == "blocks.3.hook_resid_mid"
     assert clt.cfg.hook_out(3) == "blocks.3.hook_mlp_out"
@@ -271,7 +274,7 @@ def test_exact_circuit_tracer_fixture(tmp_path: Path, lazy: bool) -> None:
         assert (acts > 0).any() and (acts == 0).any()
         torch.testing.assert_close(clt.decode_sparse(acts), want_recon, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(clt(x), want_recon, atol=1e-5, rtol=1e-5)
-    native = P.from_pretrained(str(tmp_path))  # dtype of the files
+    native = _CLT.from_pretrained(str(tmp_path))  # dtype of the files
     assert native.dtype == torch.bfloat16
 
 
@@ -280,7 +283,7 @@ def test_lazy_reads_only_active_rows(tmp_path: Path) -> None:
     with torch.no_grad():
         clt.threshold.fill_(0.9)  # few active features
     clt.to_circuit_tracer(tmp_path)
-    lazy = P.from_pretrained(str(tmp_path), lazy=True)
+    lazy = _CLT.from_pretrained(str(tmp_path), lazy=True)
     dec = lazy.lazy_decoder
     assert dec is not None and dec.rows_read == 0
     x = torch.randn(3, 4, 16, generator=torch.Generator().manual_seed(0))
@@ -305,20 +308,20 @@ def test_hub_cache_offline_round_trips(tmp_path: Path, hub_cache: Path) -> None:
     clt_sl.save_model(tmp_path / "sl")
     sha = put_in_cache(hub_cache, "someone/clts", tmp_path / "sl", subfolder="run-3")
 
-    same_outputs(clt_ct, P.from_pretrained("someone/clt-ct"))
-    same_outputs(clt_ct, P.from_pretrained("someone/clt-ct", lazy=True))
-    same_outputs(clt_sl, P.from_pretrained("someone/clts/run-3"))
-    same_outputs(clt_sl, P.from_pretrained("someone/clts/run-3", revision=sha))
+    same_outputs(clt_ct, _CLT.from_pretrained("someone/clt-ct"))
+    same_outputs(clt_ct, _CLT.from_pretrained("someone/clt-ct", lazy=True))
+    same_outputs(clt_sl, _CLT.from_pretrained("someone/clts/run-3"))
+    same_outputs(clt_sl, _CLT.from_pretrained("someone/clts/run-3", revision=sha))
     with pytest.raises(CLTFormatError, match=r"holds neither[^\n]*offline"):
-        P.from_pretrained("someone/clts/run-4")  # repo cached, subfolder not
+        _CLT.from_pretrained("someone/clts/run-4")  # repo cached, subfolder not
     with pytest.raises(P.UnknownCLTError, match="not in the local Hugging Face cache"):
-        P.from_pretrained("someone/other")
+        _CLT.from_pretrained("someone/other")
 
 
 def test_public_release_name_from_cache(tmp_path: Path, hub_cache: Path) -> None:
     raw = write_circuit_tracer_fixture(tmp_path / "fake426k")
     put_in_cache(hub_cache, "mntss/clt-gemma-2-2b-426k", tmp_path / "fake426k")
-    clt = P.from_pretrained("mntss/clt-gemma-2-2b-426k", dtype="float32", lazy=True)
+    clt = _CLT.from_pretrained("mntss/clt-gemma-2-2b-426k", dtype="float32", lazy=True)
     x = torch.randn(4, 3, 8)
     with torch.no_grad():
         torch.testing.assert_close(clt(x), reference_forward(raw, x)[1], atol=1e-5, rtol=1e-5)
@@ -333,8 +336,8 @@ def test_hub_cache_with_real_env_vars(tmp_path: Path) -> None:
     clt.save_model(tmp_path / "ref")
     code = (
         "import torch, sae_lens_clt as s\n"
-        "from sae_lens_clt.pretrained import from_pretrained\n"
-        "a = from_pretrained('someone/env-clt')\n"
+        "from sae_lens_clt.transcoders import CrossLayerTranscoder\n"
+        "a = CrossLayerTranscoder.from_pretrained('someone/env-clt')\n"
         f"b = s.CrossLayerTranscoder.load_from_disk({str(tmp_path / 'ref')!r})\n"
         "x = torch.randn(4, 3, 16)\n"
         "torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=1e-5)\n"
@@ -359,22 +362,24 @@ def test_saelens_from_pretrained_with_converter(
 ) -> None:
     clt = make_clt()
     monkeypatch.setattr(P, "PACKAGE_DIR", tmp_path)
-    clt.save_model(tmp_path / "data" / "default_clt")
-    sae = sae_lens.SAE.from_pretrained(P.DEFAULT_CLT, P.SAELENS_SAE_ID, converter=P.sae_lens_loader)
+    clt.save_model(tmp_path / "default_model" / "default_clt")
+    sae = sae_lens.SAE.from_pretrained(
+        P.DEFAULT_CLT, fetching.SAELENS_SAE_ID, converter=fetching.sae_lens_loader
+    )
     assert isinstance(sae, CrossLayerTranscoder)
     same_outputs(clt, sae)
 
     clt.to_circuit_tracer(tmp_path / "ct")
     put_in_cache(hub_cache, "someone/ct", tmp_path / "ct")
-    sae = sae_lens.SAE.from_pretrained("someone/ct", "clt", converter=P.sae_lens_loader)
+    sae = sae_lens.SAE.from_pretrained("someone/ct", "clt", converter=fetching.sae_lens_loader)
     same_outputs(clt, sae)
-    sae = sae_lens.SAE.load_from_disk(tmp_path / "ct", converter=P.sae_lens_disk_loader)
+    sae = sae_lens.SAE.load_from_disk(tmp_path / "ct", converter=fetching.sae_lens_disk_loader)
     same_outputs(clt, sae)
 
 
 # ---------------------------------------------------------------------- CLI
 def test_cli_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sae_lens_clt.commands import list as list_cmd
+    from sae_lens_clt.cli import list as list_cmd
 
     (tmp_path / "r.yaml").write_text(
         yaml.safe_dump({"me/cli-clt": {"repo_id": "me/clt", "model": "gpt2"}})
@@ -385,19 +390,21 @@ def test_cli_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "mntss/clt-gemma-2-2b-2.5M" in out and "98,304" in out and "hf://mntss/" in out
-    assert P.DEFAULT_CLT in out and "package:sae_lens_clt/data/default_clt" in out
+    assert P.DEFAULT_CLT in out and "package:sae_lens_clt/default_model/default_clt" in out
     assert "me/cli-clt" in out and "gpt2" in out
 
 
 def test_describe_fills_local_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(P, "PACKAGE_DIR", tmp_path)
     assert P.describe(P.get_registry()[P.DEFAULT_CLT]).n_layers is None  # not installed
-    make_clt(n_layers=2, d_sae=40).save_model(tmp_path / "data" / "default_clt")
+    make_clt(n_layers=2, d_sae=40).save_model(tmp_path / "default_model" / "default_clt")
     filled = P.describe(P.get_registry()[P.DEFAULT_CLT])
     assert (filled.n_layers, filled.d_sae, filled.d_model) == (2, 40, 16)
     assert filled.model == "sae-lens-clt/tiny-states"  # the registry's own value wins
     row = next(r for r in P.release_table() if r["name"] == P.DEFAULT_CLT)
-    assert row["d_sae"] == 40 and row["location"] == "package:sae_lens_clt/data/default_clt"
+    assert (
+        row["d_sae"] == 40 and row["location"] == "package:sae_lens_clt/default_model/default_clt"
+    )
 
 
 def test_attribution_with_lazy_clt_matches_eager(tmp_path: Path) -> None:
@@ -408,7 +415,7 @@ def test_attribution_with_lazy_clt_matches_eager(tmp_path: Path) -> None:
     model = random_model(n_layers=2, d_model=32)
     clt = random_clt(model, d_sae=48)
     clt.to_circuit_tracer(tmp_path)
-    lazy = P.from_pretrained(str(tmp_path), lazy=True)
+    lazy = _CLT.from_pretrained(str(tmp_path), lazy=True)
     prompt = torch.randint(0, model.cfg.d_vocab, (8,), generator=torch.Generator().manual_seed(0))
     eager_graph = attribute(model, clt, prompt)
     lazy_graph = attribute(model, lazy, prompt)

@@ -12,18 +12,23 @@ import pytest
 import sae_lens
 import torch
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
-from sae_lens.saes.sae import TrainingSAEConfig
 
 from sae_lens_clt import ARCHITECTURE, CrossLayerTranscoder
 from sae_lens_clt.evals import evaluate_clt, token_batches_from_texts
-from sae_lens_clt.training.clt_training import (
-    TrainingCrossLayerTranscoder,
-    TrainingCrossLayerTranscoderConfig,
-)
+from sae_lens_clt.registry import architectures, registration
 from sae_lens_clt.training.runner import (
     CLTTrainingRunner,
     CLTTrainingRunnerConfig,
     TrainingDivergedError,
+)
+from sae_lens_clt.transcoders import (
+    PerLayerTranscoder,
+    TrainingCrossLayerTranscoder,
+    TrainingCrossLayerTranscoderConfig,
+    TrainingPerLayerTranscoder,
+    TrainingPerLayerTranscoderConfig,
+    TrainingSkipCrossLayerTranscoder,
+    TrainingSkipCrossLayerTranscoderConfig,
 )
 from tests.conftest import make_clt, make_text_dataset, make_tiny_lm
 
@@ -54,13 +59,18 @@ def run_tiny(cfg: CLTTrainingRunnerConfig) -> tuple[CLTTrainingRunner, CrossLaye
     return runner, runner.run()
 
 
-def test_registered_for_training() -> None:
-    assert SAE_TRAINING_CLASS_REGISTRY[ARCHITECTURE] == (
+def test_training_classes_are_registered_with_us_not_with_saelens_trainer() -> None:
+    """SAELens' trainer cannot run a multi-layer transcoder (no training_forward_pass on one
+    hook), so its training registry does not list ours; our runner finds them in ours."""
+    reg = registration(ARCHITECTURE)
+    assert (reg.training_class, reg.training_config_class) == (
         TrainingCrossLayerTranscoder,
         TrainingCrossLayerTranscoderConfig,
     )
+    for arch in architectures():
+        assert arch not in SAE_TRAINING_CLASS_REGISTRY
     cfg = TrainingCrossLayerTranscoderConfig(n_layers=2, d_in=8, d_sae=16)
-    again = TrainingSAEConfig.from_dict(cfg.to_dict())
+    again = TrainingCrossLayerTranscoderConfig.from_dict(cfg.to_dict())
     assert isinstance(again, TrainingCrossLayerTranscoderConfig)
     assert again.l0_coefficient == cfg.l0_coefficient
 
@@ -162,23 +172,24 @@ def test_init_starts_features_alive() -> None:
     assert abs(freq.mean().item() - 0.1) < 0.02
 
 
-def test_per_layer_mode_keeps_only_diagonal_blocks() -> None:
-    cfg = TrainingCrossLayerTranscoderConfig(
-        n_layers=3, d_in=8, d_sae=16, cross_layer_decoders=False
-    )
-    clt = TrainingCrossLayerTranscoder(cfg)
+def test_per_layer_transcoder_allocates_and_trains_only_diagonal_blocks() -> None:
+    cfg = TrainingPerLayerTranscoderConfig(n_layers=3, d_in=8, d_sae=16)
+    clt = TrainingPerLayerTranscoder(cfg)
+    assert [tuple(w.shape) for w in clt.W_dec] == [(16, 1, 8)] * 3  # no cross-layer block
     x, y = torch.randn(10, 3, 8), torch.randn(10, 3, 8)
+    before = [w.detach().clone() for w in clt.W_dec]
     loss = clt.training_losses(x, y, 0.1).loss
     loss.backward()
     torch.optim.Adam(clt.parameters(), lr=0.1).step()
     clt.after_optimizer_step()
-    for w in clt.W_dec:
-        assert w[:, 1:].abs().sum() == 0 and w[:, 0].abs().sum() > 0
+    assert all(not torch.equal(w, b) for w, b in zip(clt.W_dec, before, strict=True))
+    inference = clt.to_inference()
+    assert type(inference) is PerLayerTranscoder and inference.sources(2) == [2]
 
 
 def test_save_folds_normalization() -> None:
-    cfg = TrainingCrossLayerTranscoderConfig(n_layers=2, d_in=8, d_sae=16, skip_connection=True)
-    clt = TrainingCrossLayerTranscoder(cfg)
+    cfg = TrainingSkipCrossLayerTranscoderConfig(n_layers=2, d_in=8, d_sae=16)
+    clt = TrainingSkipCrossLayerTranscoder(cfg)
     with torch.no_grad():
         clt.in_scale.copy_(torch.tensor([0.5, 3.0]))
         clt.out_scale.copy_(torch.tensor([2.0, 0.25]))
@@ -214,15 +225,15 @@ def test_runner_trains_saves_and_loads(tmp_path: Path) -> None:
 
 def test_load_inference_weights_round_trips() -> None:
     torch.manual_seed(0)
-    cfg = TrainingCrossLayerTranscoderConfig(n_layers=3, d_in=8, d_sae=16, skip_connection=True)
-    source = TrainingCrossLayerTranscoder(cfg)
+    cfg = TrainingSkipCrossLayerTranscoderConfig(n_layers=3, d_in=8, d_sae=16)
+    source = TrainingSkipCrossLayerTranscoder(cfg)
     with torch.no_grad():
         source.in_scale.copy_(torch.tensor([0.5, 3.0, 1.5]))
         source.out_scale.copy_(torch.tensor([2.0, 0.25, 4.0]))
         source.W_skip.normal_()
         source.threshold.uniform_(0.0, 0.3)
     trained = source.to_inference()
-    fresh = TrainingCrossLayerTranscoder(cfg)
+    fresh = TrainingSkipCrossLayerTranscoder(cfg)
     with torch.no_grad():
         fresh.in_scale.copy_(torch.tensor([1.0, 2.0, 0.3]))  # the new run's own scales
         fresh.out_scale.copy_(torch.tensor([0.7, 1.0, 5.0]))
@@ -399,7 +410,7 @@ def test_cli_train_with_yaml(tmp_path: Path) -> None:
 def test_cli_flags_override_yaml(tmp_path: Path) -> None:
     import yaml
 
-    from sae_lens_clt.commands.train import config_from_args
+    from sae_lens_clt.cli.train import config_from_args
 
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump({"d_sae": 16, "lr": 0.5, "log_to_wandb": False}))

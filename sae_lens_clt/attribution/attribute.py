@@ -50,8 +50,9 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sae_lens_clt.attribution.graph import AttributionGraph
-from sae_lens_clt.clt import CrossLayerTranscoder
+from sae_lens_clt.attribution.influence import influence_from_rows
 from sae_lens_clt.hooks import make_norm_scales_hookable, prepare_for_clt
+from sae_lens_clt.registry import Transcoder
 
 Prompt = str | Sequence[int] | torch.Tensor
 
@@ -81,9 +82,7 @@ def to_tokens(model: HookedTransformer, prompt: Prompt) -> torch.Tensor:
     return tokens
 
 
-def check_compatible(
-    model: HookedTransformer, clt: CrossLayerTranscoder, action: str = "attribute"
-) -> None:
+def check_compatible(model: HookedTransformer, clt: Transcoder, action: str = "attribute") -> None:
     """Raise a ValueError if the CLT does not fit the model's layers and hooks.
 
     Adds the MLP hook points (``mlp.hook_in`` / ``mlp.hook_out``) to the model when the CLT
@@ -154,7 +153,7 @@ class FrozenForward:
 
 
 def frozen_forward(
-    model: HookedTransformer, clt: CrossLayerTranscoder, tokens: torch.Tensor
+    model: HookedTransformer, clt: Transcoder, tokens: torch.Tensor
 ) -> FrozenForward:
     """Run the model once with the freezes of step 1 and keep the graph."""
     L = clt.cfg.n_layers
@@ -176,8 +175,8 @@ def frozen_forward(
     def mlp_out(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
         out = act.detach().requires_grad_(True)
         store[f"leaf_{layer}"] = out
-        if clt.cfg.skip_connection:  # linear path x W_skip with value 0 and gradient
-            skip = store[clt.cfg.hook_in(layer)].to(clt.dtype) @ clt.W_skip[layer]
+        skip = clt.skip(store[clt.cfg.hook_in(layer)], layer)
+        if skip is not None:  # a linear skip path: value 0, the gradient of x W_skip
             return out + (skip - skip.detach()).to(out.dtype)
         return out
 
@@ -221,9 +220,7 @@ class _RowComputer:
     Columns (sources): ``[active features (n), errors (L*T, layer-major), embeddings (T)]``.
     """
 
-    def __init__(
-        self, model: HookedTransformer, clt: CrossLayerTranscoder, fwd: FrozenForward
-    ) -> None:
+    def __init__(self, model: HookedTransformer, clt: Transcoder, fwd: FrozenForward) -> None:
         L, T = clt.cfg.n_layers, fwd.tokens.numel()
         self.fwd, self.L, self.T = fwd, L, T
         # causal attention: a target at position p sees no source at a position > p
@@ -241,11 +238,13 @@ class _RowComputer:
             self.active = acts_ltf.nonzero().cpu()  # [n, 3] (layer, pos, feature), sorted
             layers, pos, feats = self.active.unbind(1)
             self.values = acts_ltf[layers, pos, feats].float().cpu()  # [n]
-            self.enc_vecs = clt.W_enc[layers, :, feats]  # [n, d_in]
+            self.enc_vecs = clt.encoder_vectors(
+                layers.to(x.device), feats.to(x.device)
+            )  # [n, d_in]
             self.errors = errors.transpose(0, 1).to(dtype).contiguous()  # [L, T, d_out]
             # active features sorted by (layer, pos) form contiguous blocks in node order;
             # per block, the activation-scaled decoder rows, transposed and flattened:
-            # dec_t [(L - s) * d_out, n_block] (target layers s..L-1, layer-major)
+            # dec_t [w_s * d_out, n_block] (target layers s..s+w_s-1, layer-major)
             self.blocks: list[tuple[int, int, int, int, torch.Tensor]] = []
             keys, counts = torch.unique_consecutive(layers * T + pos, return_counts=True)
             start = 0
@@ -274,6 +273,7 @@ class _RowComputer:
         B = n_f + n_l
         if B == 0:
             return torch.zeros(0, self.n_cols)
+        d_out = self.errors.shape[-1]
         outputs, grads = [], []
         f_layers, f_pos = self.layers[feature_ids], self.positions[feature_ids]
         # only MLP outputs of layers < src_end, positions < pos_end can reach these targets
@@ -298,17 +298,18 @@ class _RowComputer:
         got = torch.autograd.grad(
             outputs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
-        d_out = self.errors.shape[-1]
         kw = {"dtype": self.errors.dtype, "device": self.errors.device}
         G = torch.zeros(pos_end, B, src_end, d_out, **kw)  # grads at the MLP outputs
         for layer in range(src_end):
             if got[layer] is not None:
                 G[:, :, layer] = got[layer][:, 0, :pos_end].transpose(0, 1).to(G.dtype)
         out = torch.zeros(B, self.n_cols, dtype=torch.float32, device=G.device)
-        # features: one block (source layer s, position p) at a time, layers s..src_end-1
+        # features: one block (source layer s, position p) at a time, target layers
+        # s..min(s + w_s, src_end) - 1
         for s, p, start, end, dec_t in self.blocks:
             if s < src_end and p < pos_end:
-                g = G[p, :, s:].reshape(B, -1)  # [B, (src_end - s) * d_out]
+                hi = min(src_end, s + dec_t.shape[0] // d_out)
+                g = G[p, :, s:hi].reshape(B, -1)  # [B, (hi - s) * d_out]
                 out[:, start:end] = (g @ dec_t[: g.shape[1]]).float()
         # errors
         nf = self.n_features
@@ -321,27 +322,6 @@ class _RowComputer:
         if fwd.pos_leaf is not None and got[src_end + 1] is not None:
             emb += (got[src_end + 1][:, 0] * self.pos_vals).sum(-1).float()
         return out.cpu()
-
-
-def _partial_influence(
-    rows: torch.Tensor, row_nodes: torch.Tensor, logit_nodes: torch.Tensor, probs: torch.Tensor
-) -> torch.Tensor:
-    """Influence on the logits of every node, from the rows computed so far.
-
-    ``rows [R, N]`` are rows of A for the nodes ``row_nodes [R]``; returns ``w (B + B² + …)``
-    ``[N]`` with B = |rows| row-normalised and w = ``probs`` on ``logit_nodes``.
-    """
-    b = rows.abs()
-    b = b / b.sum(dim=1, keepdim=True).clamp(min=1e-10)
-    weight = torch.zeros(rows.shape[1], dtype=rows.dtype)
-    weight[logit_nodes] = probs.to(rows.dtype)
-    influence = torch.zeros_like(weight)
-    for _ in range(4 * rows.shape[0] + 4):  # a DAG: ends after depth + 1 steps
-        weight = weight[row_nodes] @ b
-        if not weight.any():
-            return influence
-        influence += weight
-    raise RuntimeError("influence did not converge: the rows do not form a DAG")
 
 
 def _all_rows(
@@ -383,7 +363,7 @@ def _ranked_rows(
     n_batches, n_rows = 1, n_logits
     visited = torch.zeros(n_active, dtype=torch.bool)
     while n_rows - n_logits < n_keep:
-        infl = _partial_influence(buf[:n_rows], row_nodes[:n_rows], logit_nodes, logit_probs)
+        infl = influence_from_rows(buf[:n_rows], row_nodes[:n_rows], logit_nodes, logit_probs)
         rank = torch.argsort(infl[:n_active], descending=True, stable=True)
         quota = min(update_interval * batch_size, n_keep - (n_rows - n_logits))
         pending = rank[~visited[rank]][:quota]
@@ -407,7 +387,7 @@ def _ranked_rows(
 @torch.no_grad()
 def attribute(
     model: HookedTransformer,
-    clt: CrossLayerTranscoder,
+    clt: Transcoder,
     prompt: Prompt,
     *,
     max_n_logits: int = 10,
@@ -422,7 +402,8 @@ def attribute(
     Args:
         model: the ``HookedTransformer`` the CLT was trained on (or a TransformerLens
             ``TransformerBridge``), loaded the same way (unprocessed, as SAELens trains).
-        clt: a :class:`CrossLayerTranscoder` over every layer of ``model``.
+        clt: a transcoder (any registered variant, :class:`sae_lens_clt.registry.Transcoder`)
+            over every layer of ``model``.
         prompt: a string (needs ``model.tokenizer``) or token ids; BOS is prepended.
         max_n_logits / desired_logit_prob: which output tokens become logit nodes.
         max_feature_nodes: if set, only this many features (the most influential ones,

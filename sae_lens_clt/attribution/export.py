@@ -19,9 +19,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sae_lens_clt.attribution.prune import PruneResult, prune_graph
+from sae_lens_clt.formats.atomic import atomic_write_json
+
 if TYPE_CHECKING:
-    from sae_lens_clt.attribution.graph import AttributionGraph
-    from sae_lens_clt.attribution.prune import PruneResult
+    from sae_lens_clt.attribution.nodes import GraphData
 
 FEATURE_TYPES = ("cross layer transcoder", "mlp reconstruction error", "embedding", "logit")
 
@@ -131,7 +133,7 @@ def _node(**fields: Any) -> dict[str, Any]:
 
 
 def graph_json(
-    graph: AttributionGraph,
+    graph: GraphData,
     *,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
@@ -143,7 +145,7 @@ def graph_json(
     """The graph JSON as a dict (steps 1-2). ``labels`` maps ``(layer, feature)`` to a
     feature's description (the ``clerp``)."""
     if pruned is None:
-        pruned = graph.prune(node_threshold, edge_threshold)
+        pruned = prune_graph(graph, node_threshold, edge_threshold)
     labels = labels or {}
     L, T = graph.n_layers, graph.n_pos
     tokens = [int(t) for t in graph.input_tokens]
@@ -286,7 +288,7 @@ def validate_graph_json(data: dict[str, Any]) -> None:
 
 
 def write_graph_json(
-    graph: AttributionGraph,
+    graph: GraphData,
     path: str | Path,
     *,
     write_graph_metadata: bool = True,
@@ -300,12 +302,11 @@ def write_graph_json(
     kwargs.setdefault("slug", path.stem)
     data = graph_json(graph, **kwargs)
     validate_graph_json(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+    atomic_write_json(path, data)
     if write_graph_metadata:
         index_path = path.parent / "graph-metadata.json"
         index = json.loads(index_path.read_text()) if index_path.exists() else {"graphs": []}
         graphs = [g for g in index.get("graphs", []) if g.get("slug") != data["metadata"]["slug"]]
         index["graphs"] = graphs + [data["metadata"]]
-        index_path.write_text(json.dumps(index, indent=2))
+        atomic_write_json(index_path, index, indent=2)
     return data

@@ -5,11 +5,12 @@ Algorithm (one prompt, ``L`` layers):
 1. Clean run of the model: cache the CLT inputs ``x_l``, MLP outputs ``y_l``, and (when
    frozen) attention patterns and norm scales. Encode the clean activations and the
    error vectors ``e_l = y_l - ŷ_l`` (held fixed from here on).
-2. Intervened run: at each layer's CLT input hook, encode the features from the *current*
-   input (or keep the clean activations with ``freeze_features``), then set every
-   intervened ``(layer, position, feature)`` to its value. At each layer's MLP output hook,
-   write the replacement ``Σ_{s <= t} a_s W_dec[s -> t] + b_dec[t] (+ x_t W_skip[t]) + e_t``,
-   so a feature changed at layer ``s`` changes its writes to every layer ``t >= s``.
+2. Intervened run through the replacement model's hooks (:mod:`sae_lens_clt.replacement`):
+   at each layer's CLT input hook, encode the features from the *current* input (or keep
+   the clean activations with ``freeze_features``), then set every intervened
+   ``(layer, position, feature)`` to its value. At each layer's MLP output hook, write the
+   replacement ``Σ_{s ∈ sources(t)} a_s W_dec[s -> t] + b_dec[t] + skip(x_t, t) + e_t``,
+   so a feature changed at layer ``s`` changes its writes to every layer it writes to.
    With no interventions this reproduces the clean run exactly.
 3. Return the new logits and feature activations (and the clean ones to compare).
 
@@ -27,7 +28,8 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sae_lens_clt.attribution.attribute import Prompt, check_compatible, to_tokens
-from sae_lens_clt.clt import CrossLayerTranscoder
+from sae_lens_clt.registry import Transcoder
+from sae_lens_clt.replacement import ReplacementHooks
 
 Intervention = tuple[int, int, int, float]  # (layer, position, feature, value)
 
@@ -56,22 +58,8 @@ def _check(interventions: Sequence[Intervention], L: int, T: int, F: int) -> lis
     return checked
 
 
-def _decode_layer(
-    clt: CrossLayerTranscoder, acts: list[torch.Tensor], target: int, T: int
-) -> torch.Tensor:
-    """``Σ_{s <= target} a_s W_dec[s -> target] + b_dec[target]`` touching only active
-    features: ``[T, d_out]``. ``acts[s]`` is ``[T, d_sae]``."""
-    out = clt.b_dec[target].expand(T, -1).clone()
-    for s in range(target + 1):
-        pos, feat = acts[s].nonzero(as_tuple=True)
-        if pos.numel():
-            vecs = clt.decoder_rows(s, feat)[:, target - s] * acts[s][pos, feat, None]
-            out.index_add_(0, pos, vecs.to(out.dtype))
-    return out
-
-
 def _intervention_delta(
-    clt: CrossLayerTranscoder,
+    clt: Transcoder,
     acts: list[torch.Tensor],
     pres: list[torch.Tensor],
     todo: list[tuple[int, int, int, float]],
@@ -82,7 +70,7 @@ def _intervention_delta(
     ``[T, d_out]``. ``acts[s]`` holds the set values; the current ones are ``σ(pres[s])``."""
     out = clt.b_dec.new_zeros(T, clt.cfg.d_out)
     for s, pos, feat, value in todo:
-        if s <= target:
+        if target in clt.targets(s):
             now = clt.activation(pres[s], s)[pos, feat]
             out[pos] += (value - now) * clt.decoder_rows(
                 s, torch.tensor([feat], device=out.device)
@@ -93,7 +81,7 @@ def _intervention_delta(
 @torch.no_grad()
 def intervene(
     model: HookedTransformer,
-    clt: CrossLayerTranscoder,
+    clt: Transcoder,
     prompt: Prompt,
     interventions: Sequence[Intervention],
     *,
@@ -164,43 +152,35 @@ def intervene(
     clean_recon = clt.decode_sparse(clean_acts.transpose(0, 1), x.transpose(0, 1))
     errors = y - clean_recon.transpose(0, 1)  # [L, T, d_out]
 
-    # 2. intervened run
-    acts: list[torch.Tensor] = []
-    pres: list[torch.Tensor] = []
+    # 2. intervened run: the replacement model's hooks, with the interventions as an edit
+    def edit(layer: int, a: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        a = clean_acts[layer][None].clone() if freeze_features else a.clone()  # [1, T, F]
+        for lay, pos, feat, value in todo:
+            if lay == layer:
+                a[0, pos, feat] = value
+        return a
+
+    replacement = ReplacementHooks(clt, edit=edit, errors=errors[:, None], sparse=True)
+
+    def model_mlp(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
+        # the model's own output plus the intervened features' change
+        acts = [replacement.acts[s][0] for s in range(layer + 1)]
+        pres = [replacement.pre[s][0] for s in range(layer + 1)]
+        return act + _intervention_delta(clt, acts, pres, todo, layer, T).to(act.dtype)[None]
 
     def replace(act: torch.Tensor, hook: Any, name: str) -> torch.Tensor:
         return cache[name].to(act.dtype)
 
-    x_now: dict[int, torch.Tensor] = {}  # current CLT input per layer, [T, d_in]
-
-    def read(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
-        x_now[layer] = act[0].to(clt.dtype)
-        pre = clt.encode_layer_pre(x_now[layer], layer)
-        a = clean_acts[layer].clone() if freeze_features else clt.activation(pre, layer)
-        for lay, pos, feat, value in todo:
-            if lay == layer:
-                a[pos, feat] = value
-        pres.append(pre)
-        acts.append(a)
-        return act
-
-    def write(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
-        if mlps == "model":  # the model's own output plus the intervened features' change
-            return act + _intervention_delta(clt, acts, pres, todo, layer, T).to(act.dtype)[None]
-        out = _decode_layer(clt, acts, layer, T) + errors[layer]
-        if clt.cfg.skip_connection:
-            out = out + x_now[layer] @ clt.W_skip[layer]
-        return out[None].to(act.dtype)
-
     hooks: list[tuple[str, Any]] = [(n, functools.partial(replace, name=n)) for n in frozen]
-    for s in range(L):
-        hooks.append((clt.cfg.hook_in(s), lambda a, hook, s=s: read(a, hook, s)))
-        hooks.append((clt.cfg.hook_out(s), lambda a, hook, s=s: write(a, hook, s)))
+    for name, fn in replacement.hooks():
+        if mlps == "model" and fn.func == replacement.write:
+            fn = functools.partial(model_mlp, layer=fn.keywords["layer"])
+        hooks.append((name, fn))
     logits = model.run_with_hooks(tokens, fwd_hooks=hooks)[0]
     return InterventionResult(
         logits=logits,
-        activations=torch.stack(acts),
-        pre_activations=torch.stack(pres),
+        activations=torch.stack([replacement.acts[s][0] for s in range(L)]),
+        pre_activations=torch.stack([replacement.pre[s][0] for s in range(L)]),
         clean_logits=clean_logits,
         clean_activations=clean_acts,
     )

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sae_lens_clt.attribution.prune import PruneResult, prune_graph
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from sae_lens_clt.attribution.graph import AttributionGraph
-    from sae_lens_clt.attribution.prune import PruneResult
+    from sae_lens_clt.attribution.nodes import GraphData
 
 
 def _short(text: str, n: int = 14) -> str:
@@ -36,7 +37,7 @@ def _short(text: str, n: int = 14) -> str:
 
 
 def plot_graph(
-    graph: AttributionGraph,
+    graph: GraphData,
     path: str | Path | None = None,
     *,
     node_threshold: float = 0.8,
@@ -58,7 +59,7 @@ def plot_graph(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    pruned = pruned if pruned is not None else graph.prune(node_threshold, edge_threshold)
+    pruned = pruned if pruned is not None else prune_graph(graph, node_threshold, edge_threshold)
     labels = labels or {}
     L, T = graph.n_layers, graph.n_pos
     influence = pruned.node_influence

@@ -4,8 +4,7 @@ Algorithm (graph of ``N`` nodes, adjacency ``A [N, N]``, rows = targets):
 
 1. ``B = |A|`` with each row scaled to sum to 1 (rows without inputs stay zero).
 2. Influence of every node on the logits: ``w (B + B² + B³ + …)`` with ``w`` the logit
-   nodes' probabilities (zero elsewhere). The graph is a DAG, so the series ends after at
-   most depth + 1 terms; we sum it term by term.
+   nodes' probabilities (zero elsewhere), by :mod:`sae_lens_clt.attribution.influence`.
 3. Node pruning: sort feature and error nodes by influence and keep the smallest prefix
    holding ``node_threshold`` of their total influence. Embeddings and logits always stay.
 4. Edge pruning: zero the rows and columns of dropped nodes, recompute ``B`` and the
@@ -23,12 +22,12 @@ Algorithm (graph of ``N`` nodes, adjacency ``A [N, N]``, rows = targets):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-if TYPE_CHECKING:
-    from sae_lens_clt.attribution.graph import AttributionGraph
+from sae_lens_clt.attribution.influence import compute_influence, normalize_rows, smallest_prefix
+from sae_lens_clt.attribution.nodes import GraphData
 
 
 class PruneResult(NamedTuple):
@@ -43,45 +42,13 @@ class GraphScores(NamedTuple):
     completeness: float
 
 
-def normalize_rows(adjacency: torch.Tensor) -> torch.Tensor:
-    """``|A|`` with every nonzero row scaled to sum to 1: ``[N, N]``."""
-    b = adjacency.abs()
-    return b / b.sum(dim=1, keepdim=True).clamp(min=1e-10)
-
-
-def compute_influence(b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``weights (B + B² + …)`` for a nilpotent (DAG) ``b [N, N]`` and ``weights [N]``."""
-    current = weights @ b
-    influence = current.clone()
-    for _ in range(b.shape[0] + 1):
-        if not current.any():
-            return influence
-        current = current @ b
-        influence += current
-    raise RuntimeError("influence did not converge: the adjacency matrix has a cycle")
-
-
-def node_influence(graph: AttributionGraph) -> torch.Tensor:
+def node_influence(graph: GraphData) -> torch.Tensor:
     """Influence of every node on the logits: ``[N]``."""
     return compute_influence(normalize_rows(graph.adjacency.float()), graph.logit_weights())
 
 
-def smallest_prefix(values: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Indices of the smallest set of entries (largest first) holding ``threshold`` of the
-    total of ``values [n]`` (non-negative)."""
-    if threshold <= 0 or values.numel() == 0:
-        return torch.zeros(0, dtype=torch.long)
-    order = torch.argsort(values, descending=True, stable=True)
-    total = values.sum()
-    if total <= 0:
-        return torch.zeros(0, dtype=torch.long)
-    cumulative = values[order].cumsum(0) / total
-    k = int(torch.searchsorted(cumulative, torch.tensor(threshold, dtype=cumulative.dtype)))
-    return order[: min(k + 1, values.numel())]
-
-
 def prune_graph(
-    graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98
+    graph: GraphData, node_threshold: float = 0.8, edge_threshold: float = 0.98
 ) -> PruneResult:
     """Steps 1-5 of the module docstring."""
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
@@ -119,7 +86,7 @@ def prune_graph(
     return PruneResult(node_mask, edge_mask, influence, cumulative)
 
 
-def graph_scores(graph: AttributionGraph) -> GraphScores:
+def graph_scores(graph: GraphData) -> GraphScores:
     """Replacement and completeness scores (step 6 of the module docstring)."""
     b = normalize_rows(graph.adjacency.float())
     w = graph.logit_weights()

@@ -26,13 +26,10 @@ Algorithm:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +38,15 @@ from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.training.optim import get_lr_scheduler
 from tqdm.auto import tqdm
 
-from sae_lens_clt.clt import DEFAULT_INPUT_HOOK, DEFAULT_OUTPUT_HOOK, CrossLayerTranscoder
+from sae_lens_clt import registry
+from sae_lens_clt.default_model import DEFAULT_MODEL, load_default_dataset, load_model
+from sae_lens_clt.evals import token_batches_from_texts
+from sae_lens_clt.formats.atomic import atomic_folder, atomic_save_safetensors, atomic_write_json
+from sae_lens_clt.formats.safetensors import read_tensors
 from sae_lens_clt.hooks import model_processing, prepare_model
-from sae_lens_clt.io import atomic_save_safetensors, atomic_write_text, read_safetensors
-from sae_lens_clt.training.clt_training import (
-    TrainingCrossLayerTranscoder,
-    TrainingCrossLayerTranscoderConfig,
-)
+from sae_lens_clt.training.config import CLTTrainingRunnerConfig
+from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
+from sae_lens_clt.transcoders.clt_training import TrainingCrossLayerTranscoder
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -55,115 +54,6 @@ STATE_JSON = "training_state.json"
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class CLTTrainingRunnerConfig:
-    """Configuration of a CLT training run.
-
-    Names follow SAELens' ``LanguageModelSAERunnerConfig`` wherever they apply. ``d_in``
-    and ``d_out`` are read from the model. ``hook_name`` / ``hook_name_out`` are templates
-    with a ``{layer}`` placeholder.
-    """
-
-    # model and data
-    model_name: str = "sae-lens-clt/tiny-states"
-    dataset_path: str = ""  # "" with the default model: its generated corpus
-    streaming: bool = False
-    context_size: int = 128
-    prepend_bos: bool = True
-    exclude_special_tokens: bool = True  # drop BOS / separator positions from training
-    hook_name: str = DEFAULT_INPUT_HOOK
-    hook_name_out: str = DEFAULT_OUTPUT_HOOK
-    store_batch_size_prompts: int = 16
-    n_batches_in_buffer: int | None = None  # default: a buffer of 4 training batches
-    activations_mixing_fraction: float = 0.5
-    # the CLT
-    d_sae: int = 1024  # features per layer
-    activation_fn: str = "jumprelu"
-    k: int | None = None
-    skip_connection: bool = False
-    cross_layer_decoders: bool = True
-    jumprelu_init_threshold: float = 0.03
-    jumprelu_bandwidth: float = 0.1
-    jumprelu_tanh_scale: float = 4.0
-    l0_coefficient: float = 0.15
-    l0_warm_up_steps: int | None = None  # default: 25 % of the steps
-    pre_act_loss_coefficient: float | None = 3e-6
-    init_active_fraction: float = 0.05
-    # end-to-end term: kl_coefficient * KL(model || replacement model) on kl_batch_size_prompts
-    # sequences per step (0 = off; costs two extra model passes per step)
-    kl_coefficient: float = 0.0
-    kl_batch_size_prompts: int = 8
-    decode_sparse_below: float = 0.07
-    # optimisation
-    training_tokens: int = 2_000_000
-    train_batch_size_tokens: int = 1024
-    lr: float = 1e-3
-    lr_scheduler_name: str = "constant"
-    lr_warm_up_steps: int = 0
-    lr_decay_steps: int | None = None  # default: the last 20 % of the steps
-    lr_end: float | None = None
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    n_batches_for_norm_estimate: int = 8
-    dead_feature_window: int = 1000  # steps without firing before a feature counts as dead
-    # run
-    device: str = "cpu"
-    dtype: str = "float32"
-    seed: int = 42
-    checkpoint_path: str | None = None
-    n_checkpoints: int = 0
-    output_path: str | None = None
-    resume_from_checkpoint: str | None = None
-    from_pretrained_path: str | None = None  # start from a trained CLT (name, Hub id or folder)
-    log_every_n_steps: int = 10
-    log_to_wandb: bool = False
-    wandb_project: str = "sae_lens_clt"
-    run_name: str | None = None
-    verbose: bool = True
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    # SAELens' convention: kwargs of HookedTransformer.from_pretrained_no_processing (the model
-    # is loaded unprocessed unless these say otherwise); recorded in the CLT's metadata
-    model_from_pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def total_training_steps(self) -> int:
-        return max(1, self.training_tokens // self.train_batch_size_tokens)
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.training_tokens < self.train_batch_size_tokens:
-            problems.append("training_tokens must be at least train_batch_size_tokens")
-        for name in ("hook_name", "hook_name_out"):
-            if "{layer}" not in getattr(self, name):
-                problems.append(f"{name} must contain '{{layer}}', got {getattr(self, name)!r}")
-        if self.n_batches_in_buffer is None:
-            # SAELens' multi-hook buffer holds n_batches_in_buffer * context_size tokens
-            self.n_batches_in_buffer = -(-4 * self.train_batch_size_tokens // self.context_size)
-        elif self.n_batches_in_buffer * self.context_size < self.train_batch_size_tokens:
-            problems.append(
-                "the activation buffer (n_batches_in_buffer * context_size = "
-                f"{self.n_batches_in_buffer * self.context_size} tokens) must hold at least one "
-                f"training batch ({self.train_batch_size_tokens}); raise n_batches_in_buffer"
-            )
-        if self.n_checkpoints and not self.checkpoint_path:
-            problems.append("n_checkpoints > 0 needs a checkpoint_path")
-        if problems:
-            raise ValueError("Invalid CLTTrainingRunnerConfig: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CLTTrainingRunnerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown CLTTrainingRunnerConfig field(s) {unknown}; valid fields: {sorted(known)}"
-            )
-        return cls(**d)
 
 
 class CLTTrainingRunner:
@@ -191,16 +81,12 @@ class CLTTrainingRunner:
 
     # ------------------------------------------------------------------ setup
     def _load_model(self) -> Any:
-        from sae_lens_clt.default_model import load_model
-
         kwargs = self.cfg.model_from_pretrained_kwargs or {}
         return load_model(self.cfg.model_name, device=self.cfg.device, **kwargs)
 
     def _dataset(self) -> Any:
         if self.cfg.dataset_path:
             return self.cfg.dataset_path
-        from sae_lens_clt.default_model import DEFAULT_MODEL, load_default_dataset
-
         if self.cfg.model_name != DEFAULT_MODEL:
             raise ValueError(
                 "dataset_path is empty: set it (a Hugging Face dataset name or path) or pass "
@@ -220,7 +106,8 @@ class CLTTrainingRunner:
         _, cache = self.model.run_with_cache(tokens, names_filter=[name])
         return int(cache[name].shape[-1])
 
-    def _make_store(self) -> ActivationsStore:
+    def make_store(self) -> ActivationsStore:
+        """SAELens' multi-hook ``ActivationsStore`` over the transcoder's input and output hooks."""
         ins, outs = self._hook_names()
         d_in, d_out = self._hook_width(ins[0]), self._hook_width(outs[0])
         self.d_in, self.d_out = d_in, d_out
@@ -261,28 +148,28 @@ class CLTTrainingRunner:
             yield x, y
 
     def _make_clt(self) -> TrainingCrossLayerTranscoder:
+        """The registered training class of ``cfg.architecture`` with the run's settings."""
         c = self.cfg
         steps = c.total_training_steps
-        tcfg = TrainingCrossLayerTranscoderConfig(
-            n_layers=self.n_layers,
-            d_in=self.d_in,
-            d_out=self.d_out,
-            d_sae=c.d_sae,
-            activation_fn=c.activation_fn,  # type: ignore[arg-type]
-            k=c.k,
-            skip_connection=c.skip_connection,
-            cross_layer_decoders=c.cross_layer_decoders,
-            jumprelu_init_threshold=c.jumprelu_init_threshold,
-            jumprelu_bandwidth=c.jumprelu_bandwidth,
-            jumprelu_tanh_scale=c.jumprelu_tanh_scale,
-            l0_coefficient=c.l0_coefficient,
-            l0_warm_up_steps=c.l0_warm_up_steps if c.l0_warm_up_steps is not None else steps // 4,
-            pre_act_loss_coefficient=c.pre_act_loss_coefficient,
-            init_active_fraction=c.init_active_fraction,
-            decode_sparse_below=c.decode_sparse_below,
-            device=c.device,
-            dtype=c.dtype,
-        )
+        reg = registry.registration(c.architecture)
+        if reg.training_class is None:
+            raise ValueError(f"architecture {c.architecture!r} has no training class registered")
+        settings: dict[str, Any] = {
+            "n_layers": self.n_layers,
+            "d_in": self.d_in,
+            "d_out": self.d_out,
+            "device": c.device,
+            "dtype": c.dtype,
+            "l0_warm_up_steps": c.l0_warm_up_steps
+            if c.l0_warm_up_steps is not None
+            else steps // 4,
+        }
+        accepted = {f.name for f in fields(reg.training_config_class)}
+        for f in fields(c):
+            if f.name in accepted and f.name not in settings:
+                settings[f.name] = getattr(c, f.name)
+        settings = {k: v for k, v in settings.items() if k in accepted and v is not None}
+        tcfg = reg.training_config_class(**settings)
         md = tcfg.metadata
         md.model_name = c.model_name
         md.hook_name, md.hook_name_out = c.hook_name, c.hook_name_out
@@ -290,7 +177,7 @@ class CLTTrainingRunner:
         md.dataset_path = c.dataset_path or "sae_lens_clt default corpus"
         md.model_from_pretrained_kwargs = dict(c.model_from_pretrained_kwargs)
         md.model_processing = model_processing(self.model)  # as read from the model itself
-        return TrainingCrossLayerTranscoder(tcfg)
+        return reg.training_class(tcfg)
 
     # ------------------------------------------------------------------ run
     def run(self) -> CrossLayerTranscoder:
@@ -308,7 +195,7 @@ class CLTTrainingRunner:
     def _run(self) -> CrossLayerTranscoder:
         c = self.cfg
         torch.manual_seed(c.seed)  # the mixing buffer's shuffles draw from this generator
-        store = self._make_store()
+        store = self.make_store()
         batches = self._batches(store)
         clt = self._make_clt()
         optimizer = torch.optim.Adam(clt.parameters(), lr=c.lr, betas=(c.adam_beta1, c.adam_beta2))
@@ -411,8 +298,6 @@ class CLTTrainingRunner:
         From up to 4,000 documents of the training dataset (a seeded shuffle), packed as in
         evaluation; step ``i`` uses batch ``i mod n``, so a resumed run sees the same ones.
         """
-        from sae_lens_clt.evals import token_batches_from_texts
-
         ds = self.dataset
         columns = getattr(ds, "column_names", None) or []
         if isinstance(ds, str) or not hasattr(ds, "__len__") or "text" not in columns:
@@ -494,8 +379,7 @@ class CLTTrainingRunner:
         root = Path(self.cfg.checkpoint_path)
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step_{self.step}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".step_{self.step}.", dir=root))
-        try:
+        with atomic_folder(final) as tmp:
             tensors = {f"clt.{k}": v for k, v in clt.state_dict().items()}
             opt = optimizer.state_dict()
             for idx, state in opt["state"].items():
@@ -512,20 +396,14 @@ class CLTTrainingRunner:
                 "runner_config": self.cfg.to_dict(),
                 "clt_config": clt.cfg.to_dict(),
             }
-            atomic_write_text(tmp / STATE_JSON, json.dumps(state_json, indent=2, default=str))
+            atomic_write_json(tmp / STATE_JSON, state_json, indent=2, default=str)
             clt.save_inference_model(tmp / "clt")
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final
 
     def _resume(self, path: Path, clt, optimizer, scheduler, batches) -> torch.Tensor:
         """Load a checkpoint and replay the data stream up to it; returns steps_since_fired."""
         state = json.loads((path / STATE_JSON).read_text())
-        tensors = read_safetensors(path / STATE_TENSORS)
+        tensors = read_tensors(path / STATE_TENSORS)
         clt.load_state_dict(
             {k[4:]: v for k, v in tensors.items() if k.startswith("clt.")}, strict=True
         )

@@ -31,14 +31,12 @@ from typing import Any
 
 import torch
 
-from sae_lens_clt.io import (
-    CT_CONFIG_FILENAME,
-    CLTFormatError,
-    hook_from_circuit_tracer,
-    read_ct_config,
-    read_safetensors,
-    tensor_shapes,
-)
+from sae_lens_clt import registry
+from sae_lens_clt.formats.circuit_tracer import CONFIG_FILENAME as CT_CONFIG_FILENAME
+from sae_lens_clt.formats.circuit_tracer import hook_from_circuit_tracer
+from sae_lens_clt.formats.circuit_tracer import read_config as read_ct_config
+from sae_lens_clt.formats.errors import CLTFormatError
+from sae_lens_clt.formats.safetensors import read_tensors, tensor_shapes
 
 LAYOUT = "gemma_scope_2"
 
@@ -69,8 +67,6 @@ def resolve_file(entry: str, folder: Path) -> Path:
 
 def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """``(cfg_dict, state_dict)`` of a Gemma Scope 2 CLT folder (steps 1-3)."""
-    from sae_lens_clt.clt import ARCHITECTURE
-
     config = read_ct_config(folder)
     source = str(folder / CT_CONFIG_FILENAME)
     files = [resolve_file(str(e), folder) for e in config["transcoders"]]
@@ -109,7 +105,7 @@ def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[
                 f"every layer file of {source} must have the same shapes, with w_dec over all "
                 f"{L} layers"
             )
-        params = read_safetensors(path, list(want))
+        params = read_tensors(path, list(want))
         params["w_dec"] = params["w_dec"][:, i:].clone()  # drop targets < i now: peak = final
         layers.append(params)
     dt = dtype or layers[0]["w_enc"].dtype
@@ -133,13 +129,12 @@ def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[
         ),
     }
     cfg_dict = {
-        "architecture": ARCHITECTURE,
+        "architecture": registry.SKIP_CLT if skip else registry.CLT,
         "n_layers": L,
         "d_in": d_in,
         "d_out": d_in,
         "d_sae": d_sae,
         "activation_fn": "jumprelu",
-        "skip_connection": skip,
         "dtype": str(dt).removeprefix("torch."),
         "metadata": metadata,
     }

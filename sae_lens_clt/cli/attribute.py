@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 if TYPE_CHECKING:
+    import torch
     from transformer_lens import HookedTransformer
 
-    from sae_lens_clt.clt import CrossLayerTranscoder
+    from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -66,7 +65,6 @@ def load_model_by_name(name: str | None, device: str) -> HookedTransformer:
     return load_model(name or DEFAULT_MODEL, device=device)
 
 
-@torch.no_grad()
 def random_clt(
     model: HookedTransformer,
     tokens: torch.Tensor,
@@ -76,7 +74,18 @@ def random_clt(
 ) -> CrossLayerTranscoder:
     """A seeded random CLT over ``model`` whose JumpReLU thresholds leave about
     ``active_frac`` of the features active on ``tokens [T]`` (for trying the pipeline)."""
-    from sae_lens_clt.clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
+    import torch
+
+    with torch.no_grad():
+        return _calibrated_random_clt(model, tokens, d_sae, active_frac, seed)
+
+
+def _calibrated_random_clt(
+    model: HookedTransformer, tokens: torch.Tensor, d_sae: int, active_frac: float, seed: int
+) -> CrossLayerTranscoder:
+    import torch
+
+    from sae_lens_clt.transcoders.clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
 
     L, d = model.cfg.n_layers, model.cfg.d_model
     cfg = CrossLayerTranscoderConfig(n_layers=L, d_in=d, d_sae=d_sae, device=str(model.cfg.device))
@@ -97,8 +106,11 @@ def random_clt(
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_clt.attribution import attribute, to_tokens
-    from sae_lens_clt.pretrained import DEFAULT_CLT, from_pretrained_with_labels
+    import torch
+
+    from sae_lens_clt.attribution.attribute import attribute, to_tokens
+    from sae_lens_clt.labels import from_pretrained_with_labels
+    from sae_lens_clt.loading.releases import DEFAULT_CLT
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,8 +1,8 @@
 """The ``sae-lens-clt`` command line.
 
-Each subcommand lives next to the code it drives and exposes ``add_parser(subparsers)``,
-which registers its arguments and sets ``func`` to the function that runs it. This module
-only collects them; modules are imported lazily so ``sae-lens-clt --help`` stays fast.
+One module per subcommand, each exposing ``add_parser(subparsers)``, which registers its
+arguments and sets ``func`` to the function that runs it. This module only collects them;
+the library is imported inside ``func``, so ``sae-lens-clt --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import sys
 
 # subcommand modules, each with add_parser(subparsers)
 SUBCOMMAND_MODULES = [
-    "sae_lens_clt.commands.demo",
-    "sae_lens_clt.commands.info",
-    "sae_lens_clt.commands.train",
-    "sae_lens_clt.attribution.cli",
-    "sae_lens_clt.commands.list",
-    "sae_lens_clt.commands.push",
+    "sae_lens_clt.cli.demo",
+    "sae_lens_clt.cli.info",
+    "sae_lens_clt.cli.train",
+    "sae_lens_clt.cli.attribute",
+    "sae_lens_clt.cli.list",
+    "sae_lens_clt.cli.push",
 ]
 
 

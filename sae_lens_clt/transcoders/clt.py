@@ -1,27 +1,31 @@
-"""Cross-layer transcoder (CLT): config and inference class, registered with SAELens.
+"""Cross-layer transcoder (CLT): config and inference class, the base of every variant.
 
 A CLT reads the MLP input ``x_s`` of every layer ``s`` and predicts the MLP output
-``y_t`` of every layer ``t``. A feature read at layer ``s`` writes to every layer
-``t >= s`` and never to ``t < s``.
+``y_t`` of every layer ``t``. A feature read at layer ``s`` writes to the layers
+``targets(s)`` (here every ``t >= s``; a variant narrows this, e.g. a per-layer
+transcoder writes to ``s`` only) and never to ``t < s``.
 
 Algorithm (one token, ``L`` layers, ``F = d_sae`` features per layer):
 
 1. Encode each layer on its own: ``z_s = x_s @ W_enc[s] + b_enc[s]`` and ``a_s = σ(z_s)``
-   where σ is JumpReLU (``z * 1[z > θ_s]``), ReLU, or TopK (per layer).
-2. Decode across layers: ``ŷ_t = Σ_{s <= t} a_s @ W_dec[s][:, t - s] + b_dec[t]``
-   (plus ``x_t @ W_skip[t]`` when the CLT has a linear skip connection).
-3. Only the ``s <= t`` decoder blocks are stored: ``W_dec[s]`` has shape
-   ``[d_sae, L - s, d_out]``, the layout circuit-tracer uses, so nothing of the unused
-   half of the ``L x L`` block matrix is ever allocated.
+   where σ is JumpReLU (``z * 1[z > θ_s]``) or ReLU (variants add others).
+2. Decode across layers: ``ŷ_t = Σ_{s ∈ sources(t)} a_s @ W_dec[s][:, t - s] + b_dec[t]
+   (+ skip(x_t, t))``.
+3. Only the blocks a feature writes are stored: ``W_dec[s]`` has shape
+   ``[d_sae, w_s, d_out]`` with ``w_s = len(targets(s))`` (``L - s`` for a CLT, the layout
+   circuit-tracer uses), so nothing of the unused half of the ``L x L`` block matrix is
+   ever allocated.
 4. :meth:`CrossLayerTranscoder.decode_sparse` touches only the decoder rows of active
-   features (a CSR product, with a custom backward that also stays sparse) and equals
-   :meth:`CrossLayerTranscoder.decode` to float tolerance.
+   features (:mod:`.sparse`) and equals :meth:`CrossLayerTranscoder.decode` to float
+   tolerance.
+5. Loading dispatches on the file's ``architecture`` through :mod:`sae_lens_clt.registry`:
+   ``CrossLayerTranscoder.from_pretrained`` returns whichever registered variant the files
+   hold; ``Variant.load_from_disk`` refuses files of a class that is not a ``Variant``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,13 +35,18 @@ from sae_lens.saes.sae import SAE, SAEConfig, SAEMetadata
 from torch import nn
 from typing_extensions import override
 
-from sae_lens_clt import io as clt_io
+from sae_lens_clt import registry
+from sae_lens_clt.formats import circuit_tracer, folder, saelens
+from sae_lens_clt.formats.errors import CLTFormatError
+from sae_lens_clt.formats.lazy import LazyDecoder
+from sae_lens_clt.loading import pretrained
+from sae_lens_clt.transcoders.sparse import SparseDecode, layer_slices
 
-ARCHITECTURE = "cross_layer_transcoder"
-DEFAULT_INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"
-DEFAULT_OUTPUT_HOOK = "blocks.{layer}.hook_mlp_out"
+ARCHITECTURE = registry.CLT
+DEFAULT_INPUT_HOOK = registry.DEFAULT_INPUT_HOOK
+DEFAULT_OUTPUT_HOOK = registry.DEFAULT_OUTPUT_HOOK
 
-ActivationFn = Literal["jumprelu", "relu", "topk"]
+ActivationFn = Literal["jumprelu", "relu"]
 
 
 @dataclass
@@ -53,9 +62,7 @@ class CrossLayerTranscoderConfig(SAEConfig):
 
     n_layers: int = 1
     d_out: int = 0  # 0 means "same as d_in"
-    activation_fn: ActivationFn = "jumprelu"
-    k: int | None = None  # features kept per layer and token when activation_fn == "topk"
-    skip_connection: bool = False
+    activation_fn: str = "jumprelu"
     apply_b_dec_to_input: bool = False
 
     @override
@@ -63,23 +70,40 @@ class CrossLayerTranscoderConfig(SAEConfig):
     def architecture(cls) -> str:
         return ARCHITECTURE
 
+    def activation_fns(self) -> tuple[str, ...]:
+        """The values ``activation_fn`` may take for this architecture."""
+        return ("jumprelu", "relu")
+
     def __post_init__(self) -> None:
         if isinstance(self.metadata, dict):  # SAEConfig.from_dict passes the raw dict
             self.metadata = SAEMetadata(**self.metadata)
         super().__post_init__()
         if self.d_out == 0:
             self.d_out = self.d_in
+        problems = self.problems()
+        if problems:
+            raise ValueError(f"Invalid {type(self).__name__}: " + "; ".join(problems))
+        if self.metadata.hook_name is None:
+            self.metadata.hook_name = DEFAULT_INPUT_HOOK
+        if self.metadata.hook_name_out is None:
+            self.metadata.hook_name_out = DEFAULT_OUTPUT_HOOK
+
+    def problems(self) -> list[str]:
+        """What is wrong with the fields (a variant extends the list)."""
         problems = []
         for name in ("n_layers", "d_in", "d_out", "d_sae"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
-        if self.activation_fn not in ("jumprelu", "relu", "topk"):
+        if self.activation_fn not in self.activation_fns():
             problems.append(
-                f"activation_fn must be 'jumprelu', 'relu' or 'topk', got {self.activation_fn!r}"
+                f"activation_fn must be one of {self.activation_fns()}, got {self.activation_fn!r}"
+                + (
+                    " (TopK CLTs are TopKCrossLayerTranscoder)"
+                    if self.activation_fn == "topk"
+                    else ""
+                )
             )
-        if self.activation_fn == "topk" and (self.k is None or not 0 < self.k <= self.d_sae):
-            problems.append(f"activation_fn='topk' needs 0 < k <= d_sae, got k={self.k!r}")
         if self.apply_b_dec_to_input:
             problems.append("apply_b_dec_to_input must be False: b_dec lives in output space")
         if self.normalize_activations != "none":
@@ -87,28 +111,37 @@ class CrossLayerTranscoderConfig(SAEConfig):
                 "a CrossLayerTranscoder works on raw activations: normalize_activations must "
                 f"be 'none' (fold the scaling into the weights), got {self.normalize_activations!r}"
             )
-        if problems:
-            raise ValueError("Invalid CrossLayerTranscoderConfig: " + "; ".join(problems))
-        if self.metadata.hook_name is None:
-            self.metadata.hook_name = DEFAULT_INPUT_HOOK
-        if self.metadata.hook_name_out is None:
-            self.metadata.hook_name_out = DEFAULT_OUTPUT_HOOK
+        return problems
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> CrossLayerTranscoderConfig:
-        """Build a config from ``cfg.json``'s dict (unknown keys are ignored)."""
-        arch = config_dict.get("architecture", ARCHITECTURE)
-        if arch != ARCHITECTURE:
-            raise ValueError(
-                f"architecture is {arch!r}, expected {ARCHITECTURE!r}: this config describes "
-                "another SAE type; load it with sae_lens.SAE.load_from_disk instead"
-            )
+        """Build a config from ``cfg.json``'s dict (unknown keys are ignored).
+
+        Files written before the variants were classes are upgraded first; a dict of
+        another registered architecture builds that architecture's config (as SAELens'
+        ``SAE.load_from_disk`` expects).
+        """
+        d = saelens.upgrade_cfg_dict(dict(config_dict))
+        arch = d.get("architecture", cls.architecture())
+        if arch != cls.architecture():
+            try:
+                other = registry.registration(arch)
+            except ValueError as e:
+                raise ValueError(
+                    f"architecture is {arch!r}, expected {cls.architecture()!r}: {e}"
+                ) from e
+            if other.config_class is not cls and cls.architecture() != arch:
+                return other.config_class.from_dict(d)
         known = {f for f in cls.__dataclass_fields__ if f != "metadata"}
-        res = cls(**{k: v for k, v in config_dict.items() if k in known})
-        if "metadata" in config_dict:
-            res.metadata = SAEMetadata(**config_dict["metadata"])
+        res = cls(**{k: v for k, v in d.items() if k in known})
+        if "metadata" in d:
+            res.metadata = SAEMetadata(**d["metadata"])
             res.__post_init__()
         return res
+
+    def n_targets(self, source: int) -> int:
+        """How many layers a feature read at ``source`` writes to (``s .. s + n - 1``)."""
+        return self.n_layers - source
 
     def hook_in(self, layer: int) -> str:
         """Name of the hook this CLT reads at ``layer`` (e.g. ``blocks.3.ln2.hook_normalized``)."""
@@ -126,121 +159,17 @@ class CrossLayerTranscoderConfig(SAEConfig):
             "b_enc": (L, F),
             "b_dec": (L, do),
         }
-        shapes.update({f"W_dec.{s}": (F, L - s, do) for s in range(L)})
+        shapes.update({f"W_dec.{s}": (F, self.n_targets(s), do) for s in range(L)})
         if self.activation_fn == "jumprelu":
             shapes["threshold"] = (L, F)
-        if self.skip_connection:
-            shapes["W_skip"] = (L, di, do)
         return shapes
 
-
-class _SparseDecode(torch.autograd.Function):
-    """``out = A @ W`` for a sparse ``A`` given as (rows, cols, values), sparse both ways.
-
-    Forward is a sparse x dense product. Backward gives ``dL/dvalues`` by a sampled
-    dense-dense product (only at the active entries) and ``dL/dW`` by ``Aᵀ @ grad``
-    (sparse again), so no step costs ``n_rows * d_sae * D``. Where the sparse kernels lack a
-    dtype (half precision on CPU) the same products are done by gathering rows in chunks.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        values: torch.Tensor,  # [nnz]
-        rows: torch.Tensor,  # [nnz], sorted
-        cols: torch.Tensor,  # [nnz]
-        weight: torch.Tensor,  # [F, D]
-        n_rows: int,
-    ) -> torch.Tensor:  # [n_rows, D]
-        if _has_sparse_kernels(weight):
-            a = _coo(rows, cols, values, (n_rows, weight.shape[0]), row_sorted=True)
-            return torch.sparse.mm(a, weight)
-        return _scatter_rows(weight, cols, rows, values, n_rows)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-        values, rows, cols, weight, n_rows = inputs
-        ctx.save_for_backward(values, rows, cols, weight)
-        ctx.n_rows = n_rows
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
-        values, rows, cols, weight = ctx.saved_tensors
-        fast = _has_sparse_kernels(weight)
-        grad_values = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            if fast:
-                pattern = _csr(rows, cols, torch.zeros_like(values), (ctx.n_rows, weight.shape[0]))
-                grad_values = torch.sparse.sampled_addmm(pattern, grad_out, weight.T).values()
-            else:
-                grad_values = torch.cat(
-                    [
-                        (grad_out[rows[i : i + _CHUNK]] * weight[cols[i : i + _CHUNK]]).sum(-1)
-                        for i in range(0, rows.numel(), _CHUNK)
-                    ]
-                )
-        if ctx.needs_input_grad[3]:
-            if fast:
-                transposed = _coo(cols, rows, values, (weight.shape[0], ctx.n_rows))
-                grad_weight = torch.sparse.mm(transposed, grad_out)
-            else:
-                grad_weight = _scatter_rows(grad_out, rows, cols, values, weight.shape[0])
-        return grad_values, None, None, grad_weight, None
-
-
-_CHUNK = 4096  # rows gathered at once on the fallback path (bounds its memory)
-
-
-def layer_slices(layer: torch.Tensor, n_layers: int) -> list[tuple[int, slice]]:
-    """``(s, slice)`` of each non-empty layer in entries sorted by layer (``layer [nnz]``)."""
-    counts = torch.bincount(layer, minlength=n_layers).tolist()
-    ends = [sum(counts[: s + 1]) for s in range(n_layers)]
-    return [(s, slice(ends[s] - counts[s], ends[s])) for s in range(n_layers) if counts[s]]
-
-
-def _has_sparse_kernels(t: torch.Tensor) -> bool:
-    return t.dtype in (torch.float32, torch.float64) or t.device.type == "cuda"
-
-
-def _scatter_rows(
-    src: torch.Tensor, src_idx: torch.Tensor, dst_idx: torch.Tensor, values: torch.Tensor, n: int
-) -> torch.Tensor:
-    """``out[dst_idx[k]] += values[k] * src[src_idx[k]]`` for all k: ``[n, D]``."""
-    out = src.new_zeros(n, src.shape[1])
-    for i in range(0, values.numel(), _CHUNK):
-        sl = slice(i, i + _CHUNK)
-        out.index_add_(0, dst_idx[sl], src[src_idx[sl]] * values[sl, None])
-    return out
-
-
-def _coo(
-    rows: torch.Tensor,
-    cols: torch.Tensor,
-    values: torch.Tensor,
-    size: tuple[int, int],
-    row_sorted: bool = False,
-) -> torch.Tensor:
-    """Coalesced COO matrix (on CPU its products beat the CSR ones for this shape).
-
-    ``row_sorted=True`` promises the (row, col) pairs are unique and sorted row-major (as
-    ``nonzero`` returns them), which skips the sort.
-    """
-    indices = torch.stack([rows, cols])
-    if row_sorted:
-        return torch.sparse_coo_tensor(
-            indices, values, size, check_invariants=False, is_coalesced=True
+    def describe(self) -> str:
+        """The dimensions, for error messages."""
+        return (
+            f"architecture={self.architecture()!r}, n_layers={self.n_layers}, d_in={self.d_in}, "
+            f"d_out={self.d_out}, d_sae={self.d_sae}, activation_fn={self.activation_fn!r}"
         )
-    return torch.sparse_coo_tensor(indices, values, size, check_invariants=False).coalesce()
-
-
-def _csr(
-    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """CSR matrix from row-sorted COO indices."""
-    crow = torch.zeros(size[0] + 1, dtype=torch.int64, device=values.device)
-    crow[1:] = torch.bincount(rows, minlength=size[0]).cumsum(0)
-    with warnings.catch_warnings():  # "CSR support is in beta": we rely only on stable ops
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols, values, size, check_invariants=False)
 
 
 class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
@@ -251,9 +180,8 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         W_enc      [L, d_in, F]
         b_enc      [L, F]
         threshold  [L, F]            (JumpReLU only)
-        W_dec[s]   [F, L - s, d_out] (a ParameterList; block s -> t is W_dec[s][:, t - s])
+        W_dec[s]   [F, w_s, d_out]   (a ParameterList; block s -> t is W_dec[s][:, t - s])
         b_dec      [L, d_out]
-        W_skip     [L, d_in, d_out]  (only with skip_connection)
     """
 
     cfg: CrossLayerTranscoderConfig
@@ -261,8 +189,8 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
     b_enc: nn.Parameter
     b_dec: nn.Parameter
     W_dec: nn.ParameterList  # type: ignore[assignment]
-    # Set by a lazy load (sae_lens_clt.pretrained.LazyDecoder): decoder rows are then read
-    # from disk on demand by decoder_rows / decode_sparse, and W_dec holds meta tensors.
+    # Set by a lazy load (formats.lazy.LazyDecoder): decoder rows are then read from disk on
+    # demand by decoder_rows / decode_sparse, and W_dec holds meta tensors.
     lazy_decoder: Any = None
 
     def __init__(self, cfg: CrossLayerTranscoderConfig, use_error_term: bool = False):
@@ -277,12 +205,10 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         self.b_enc = nn.Parameter(torch.zeros(L, F, **kw))
         self.b_dec = nn.Parameter(torch.zeros(L, do, **kw))
         self.W_dec = nn.ParameterList(
-            [nn.Parameter(torch.empty(F, L - s, do, **kw)) for s in range(L)]
+            [nn.Parameter(torch.empty(F, self.cfg.n_targets(s), do, **kw)) for s in range(L)]
         )
         if self.cfg.activation_fn == "jumprelu":
             self.threshold = nn.Parameter(torch.zeros(L, F, **kw))
-        if self.cfg.skip_connection:
-            self.W_skip = nn.Parameter(torch.zeros(L, di, do, **kw))
         if self.device.type != "meta":
             self.reset_parameters()
 
@@ -306,19 +232,28 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
     def n_layers(self) -> int:
         return self.cfg.n_layers
 
+    def targets(self, source: int) -> range:
+        """Layers a feature read at ``source`` writes to."""
+        return range(source, source + self.cfg.n_targets(source))
+
+    def sources(self, target: int) -> list[int]:
+        """Layers whose features write to ``target``."""
+        return [s for s in range(target + 1) if target in self.targets(s)]
+
     def decoder_block(self, source: int, target: int) -> torch.Tensor:
-        """The ``source -> target`` decoder, ``[d_sae, d_out]``; only ``source <= target``."""
-        if not 0 <= source <= target < self.cfg.n_layers:
+        """The ``source -> target`` decoder, ``[d_sae, d_out]``; only ``target ∈ targets(source)``."""
+        if not 0 <= source < self.cfg.n_layers or target not in self.targets(source):
             raise IndexError(
-                f"no decoder from layer {source} to layer {target}: a CLT feature read at "
-                f"layer s writes only to layers s..{self.cfg.n_layers - 1}"
+                f"no decoder from layer {source} to layer {target}: a feature of this "
+                f"{type(self).__name__} read at layer {source} writes only to layers "
+                f"{list(self.targets(source)) if 0 <= source < self.cfg.n_layers else []}"
             )
         if self.lazy_decoder is not None:
             return self.lazy_decoder.block(source, target)
         return self.W_dec[source][:, target - source]
 
     def decoder_rows(self, layer: int, feature_ids: torch.Tensor) -> torch.Tensor:
-        """Decoder vectors of some features read at ``layer``: ``[n, L - layer, d_out]``."""
+        """Decoder vectors of some features read at ``layer``: ``[n, w_layer, d_out]``."""
         if self.lazy_decoder is not None:
             return self.lazy_decoder.rows(layer, feature_ids)
         return self.W_dec[layer][feature_ids]
@@ -328,6 +263,10 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         if self.lazy_decoder is not None:
             return self.lazy_decoder.norms()
         return torch.stack([w.flatten(1).norm(dim=1) for w in self.W_dec])
+
+    def encoder_vectors(self, layers: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """``W_enc[l][:, f]`` for each ``(l, f)``: ``[n, d_in]``."""
+        return self.W_enc[layers, :, features]
 
     # ------------------------------------------------------------------ encode
     def _check_input(self, x: torch.Tensor, width: int, what: str) -> None:
@@ -347,11 +286,7 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         if self.cfg.activation_fn == "jumprelu":
             theta = self.threshold if layer is None else self.threshold[layer]
             return hidden_pre * (hidden_pre > theta)
-        if self.cfg.activation_fn == "relu":
-            return torch.relu(hidden_pre)
-        assert self.cfg.k is not None
-        top = hidden_pre.topk(self.cfg.k, dim=-1)
-        return torch.zeros_like(hidden_pre).scatter(-1, top.indices, top.values.relu())
+        return torch.relu(hidden_pre)
 
     def encode_layer(self, x: torch.Tensor, layer: int) -> torch.Tensor:
         """Feature activations of one layer: ``[..., d_in] -> [..., d_sae]``."""
@@ -371,12 +306,19 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         return self.encode_with_hidden_pre(x)[0]
 
     # ------------------------------------------------------------------ decode
+    def skip(self, x: torch.Tensor, layer: int) -> torch.Tensor | None:
+        """Linear skip term of layer ``layer`` from its input ``x [..., d_in]`` (None: no skip)."""
+        return None
+
+    def skip_all(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """Skip terms of all layers ``[..., L, d_out]`` from ``x [..., L, d_in]`` (None: no skip)."""
+        return None
+
     def _finish(self, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
         out = out + self.b_dec
-        if self.cfg.skip_connection:
-            if x is None:
-                raise ValueError("this CLT has a skip connection: pass the input x to decode")
-            out = out + torch.einsum("...li,lio->...lo", x.to(self.dtype), self.W_skip)
+        skip = self.skip_all(x)
+        if skip is not None:
+            out = out + skip
         return self.hook_sae_recons(out)
 
     @override
@@ -392,9 +334,10 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         acts = feature_acts.to(self.dtype)
         out = acts.new_zeros(*acts.shape[:-2], L, do)
         for s in range(L):
-            # a_s writes to layers s..L-1 at once: [..., F] @ [F, (L-s)*d_out]
+            w = self.cfg.n_targets(s)
+            # a_s writes to layers s..s+w-1 at once: [..., F] @ [F, w*d_out]
             contrib = acts[..., s, :] @ self.W_dec[s].flatten(1)
-            out[..., s:, :] = out[..., s:, :] + contrib.unflatten(-1, (L - s, do))
+            out[..., s : s + w, :] = out[..., s : s + w, :] + contrib.unflatten(-1, (w, do))
         return self._finish(out, x)
 
     def decode_sparse(
@@ -438,18 +381,19 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         L, F, do = self.cfg.n_layers, self.cfg.d_sae, self.cfg.d_out
         out = values.new_zeros(n, L, do)
         for s, sl in layer_slices(layer, L):
+            width = self.cfg.n_targets(s)
             cols_s = cols[sl]
             if self.lazy_decoder is not None:  # read the active rows only, index into them
                 active, cols_s = cols_s.unique(return_inverse=True)
-                w = self.lazy_decoder.rows(s, active).flatten(1)  # [n_active, (L-s)*d_out]
+                w = self.lazy_decoder.rows(s, active).flatten(1)  # [n_active, w_s*d_out]
             else:
-                w = self.W_dec[s].flatten(1)  # [F, (L-s)*d_out]
+                w = self.W_dec[s].flatten(1)  # [F, w_s*d_out]
             if dense and self.lazy_decoder is None:
                 a = values.new_zeros(n * F).index_put((rows[sl] * F + cols_s,), values[sl])
                 contrib = a.view(n, F) @ w
             else:
-                contrib = _SparseDecode.apply(values[sl], rows[sl], cols_s, w, n)
-            out[:, s:] = out[:, s:] + contrib.view(n, L - s, do)
+                contrib = SparseDecode.apply(values[sl], rows[sl], cols_s, w, n)
+            out[:, s : s + width] = out[:, s : s + width] + contrib.view(n, width, do)
         return out
 
     @override
@@ -464,7 +408,9 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
 
     @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        clt_io.check_state_dict(state_dict, self.cfg, source="sae_weights.safetensors")
+        saelens.check_state_dict(
+            state_dict, self.cfg.expected_shapes(), saelens.WEIGHTS_FILENAME, self.cfg.describe()
+        )
 
     @override
     @torch.no_grad()
@@ -501,16 +447,107 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         out_scale = out_scale.to(self.device, self.dtype)
         self.W_enc.mul_(in_scale[:, None, None])
         for s, w in enumerate(self.W_dec):
-            w.div_(out_scale[s:, None])
+            w.div_(out_scale[s : s + w.shape[1], None])
         self.b_dec.div_(out_scale[:, None])
-        if self.cfg.skip_connection:
-            self.W_skip.mul_((in_scale / out_scale)[:, None, None])
 
     # ------------------------------------------------------------------ I/O
     @override
     def save_model(self, path: str | Path) -> tuple[Path, Path]:
         """Write the SAELens layout (``cfg.json`` + ``sae_weights.safetensors``) atomically."""
-        return clt_io.save_saelens(self, Path(path))
+        if self.lazy_decoder is not None:
+            raise ValueError(
+                "this CLT was loaded with lazy=True, so its decoder is not in memory: load it "
+                "with lazy=False to save it"
+            )
+        return saelens.write(Path(path), self.cfg.to_dict(), dict(self.state_dict()))
+
+    @classmethod
+    def from_folder_contents(
+        cls, contents: folder.FolderContents, device: str = "cpu"
+    ) -> CrossLayerTranscoder:
+        """Build the registered class of ``contents.cfg_dict["architecture"]`` (must be ``cls``
+        or a subclass of it)."""
+        arch = contents.cfg_dict.get("architecture")
+        try:
+            target = registry.registration(str(arch)).cls
+        except ValueError as e:
+            raise CLTFormatError(f"{contents.cfg_source}: {e}") from e
+        if not issubclass(target, cls):
+            raise CLTFormatError(
+                f"{contents.cfg_source}: holds a {target.__name__} (architecture {arch!r}), not a "
+                f"{cls.__name__}: load it with {target.__name__}.load_from_disk or "
+                "CrossLayerTranscoder.from_pretrained"
+            )
+        cfg_dict = dict(contents.cfg_dict, device=device)
+        return target.from_dict_and_state(
+            cfg_dict, contents.state_dict, contents.decoder_sources, contents.weights_source
+        )
+
+    @classmethod
+    def from_dict_and_state(
+        cls,
+        cfg_dict: dict[str, Any],
+        state_dict: dict[str, torch.Tensor],
+        decoder_sources: list[tuple[Path, str]] | None = None,
+        source: str = "state dict",
+    ) -> CrossLayerTranscoder:
+        """Build from a config dict and a state dict; with ``decoder_sources`` the decoder
+        stays on disk (a :class:`~sae_lens_clt.formats.lazy.LazyDecoder`)."""
+        config_class = registry.registration(cls_arch(cls)).config_class
+        try:
+            cfg = config_class.from_dict(cfg_dict)
+        except (TypeError, ValueError) as e:
+            raise CLTFormatError(f"{source}: invalid config ({e})") from e
+        if decoder_sources is None:
+            return cls.from_state_dict(cfg, state_dict, source)
+        return cls._build_lazy(cfg, state_dict, decoder_sources, source)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        cfg: CrossLayerTranscoderConfig,
+        state_dict: dict[str, torch.Tensor],
+        source: str = "state dict",
+    ) -> CrossLayerTranscoder:
+        """Build from a checked state dict without allocating weights twice."""
+        saelens.check_state_dict(state_dict, cfg.expected_shapes(), source, cfg.describe())
+        device = cfg.device
+        cfg.device = "meta"
+        clt = cls(cfg)
+        clt.cfg.device = device
+        clt.load_state_dict(state_dict, assign=True)
+        return clt.to(device=device, dtype=clt.dtype)
+
+    @classmethod
+    def _build_lazy(
+        cls,
+        cfg: CrossLayerTranscoderConfig,
+        state: dict[str, torch.Tensor],
+        sources: list[tuple[Path, str]],
+        source: str,
+    ) -> CrossLayerTranscoder:
+        """``W_dec`` holds meta tensors, rows come from disk."""
+        L, F, do = cfg.n_layers, cfg.d_sae, cfg.d_out
+        device, dtype = cfg.device, getattr(torch, cfg.dtype)
+        state = dict(state)
+        for s in range(L):
+            state[f"W_dec.{s}"] = torch.empty(F, cfg.n_targets(s), do, dtype=dtype, device="meta")
+        saelens.check_state_dict(state, cfg.expected_shapes(), source, cfg.describe())
+        lazy = LazyDecoder(sources, F, do, dtype, device)
+        for s, (path, name) in enumerate(sources):
+            if lazy.widths[s] != cfg.n_targets(s):
+                raise CLTFormatError(
+                    f"{path}: tensor {name!r} writes to {lazy.widths[s]} layers, expected "
+                    f"{cfg.n_targets(s)}"
+                )
+        cfg.device = "meta"
+        clt = cls(cfg)
+        cfg.device = device
+        clt.device = torch.device(device)
+        state = {k: v if v.is_meta else v.to(device=device, dtype=dtype) for k, v in state.items()}
+        clt.load_state_dict(state, assign=True)
+        clt.lazy_decoder = lazy
+        return clt
 
     @classmethod
     def load_from_disk(  # type: ignore[override]
@@ -520,25 +557,9 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         dtype: str | None = None,
         **_: Any,
     ) -> CrossLayerTranscoder:
-        """Load the SAELens layout written by :meth:`save_model`, validating every tensor."""
-        cfg_dict, state_dict = clt_io.read_saelens(Path(path))
-        if dtype is not None:
-            cfg_dict["dtype"] = dtype
-        cfg_dict["device"] = device
-        return cls.from_state_dict(CrossLayerTranscoderConfig.from_dict(cfg_dict), state_dict)
-
-    @classmethod
-    def from_state_dict(
-        cls, cfg: CrossLayerTranscoderConfig, state_dict: dict[str, torch.Tensor]
-    ) -> CrossLayerTranscoder:
-        """Build a CLT from a checked state dict without allocating weights twice."""
-        clt_io.check_state_dict(state_dict, cfg, source="state dict")
-        device = cfg.device
-        cfg.device = "meta"
-        clt = cls(cfg)
-        clt.cfg.device = device
-        clt.load_state_dict(state_dict, assign=True)
-        return clt.to(device=device, dtype=clt.dtype)
+        """Load a folder written by :meth:`save_model` (or either other layout)."""
+        contents = folder.read_folder(path, dtype=dtype)
+        return cls.from_folder_contents(contents, device=device)
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -549,17 +570,37 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
         lazy: bool = False,
+        force_download: bool = False,
     ) -> CrossLayerTranscoder:
-        """Load a CLT by registry name, ``org/repo[/subfolder]`` Hub id or local folder.
+        """Load a CLT by release name, ``org/repo[/subfolder]`` Hub id or local folder.
 
-        See :func:`sae_lens_clt.pretrained.from_pretrained` (``lazy=True`` reads decoder
-        rows from disk on demand instead of loading the decoder).
+        Args:
+            name_or_repo: e.g. ``sae_lens_clt.DEFAULT_CLT``, ``"mntss/clt-gemma-2-2b-426k"``,
+                ``"me/my-clts/run-3"`` or ``"./my_clt"``. ``sae-lens-clt list`` shows releases.
+            revision: Hub branch, tag or commit (overrides the release's own revision).
+            device: where the CLT lives.
+            dtype: e.g. ``"float32"``; ``None`` keeps the dtype of the files.
+            lazy: leave the decoder on disk and read the rows of active features on demand;
+                the CLT then cannot be moved with ``.to()`` or saved.
+            force_download: re-download Hub files even if cached.
+
+        Returns the registered class the files hold (a subclass of ``cls``).
         """
-        from sae_lens_clt.pretrained import from_pretrained
-
-        return from_pretrained(
-            name_or_repo, revision=revision, device=device, dtype=dtype, lazy=lazy
+        where, layout = pretrained.fetch(
+            name_or_repo, revision=revision, force_download=force_download
         )
+        contents = folder.read_folder(where, dtype=dtype, lazy=lazy, layout=layout)
+        pretrained.apply_release_metadata(name_or_repo, contents.cfg_dict)
+        return cls.from_folder_contents(contents, device=device)
+
+    def circuit_tracer_exportable(self) -> str | None:
+        """``None`` when circuit-tracer reads our export as this very transcoder, else why not."""
+        c = self.cfg
+        if c.d_in != c.d_out:
+            return f"circuit-tracer's layout needs d_in == d_out (got {c.d_in} and {c.d_out})"
+        if c.activation_fn not in ("jumprelu", "relu"):
+            return f"circuit-tracer's layout stores JumpReLU or ReLU CLTs, not {c.activation_fn!r}"
+        return None
 
     def to_circuit_tracer(
         self, path: str | Path, model_name: str | None = None, allow_extensions: bool = False
@@ -567,11 +608,26 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         """Write circuit-tracer's layout (``W_enc_{i}``/``W_dec_{i}`` files + ``config.yaml``).
 
         ``config.yaml`` names the very tensors this CLT reads and writes, as circuit-tracer's
-        TransformerLens backend names them (``blocks.{layer}.X`` -> ``X``). A skip CLT needs
-        ``allow_extensions=True`` (circuit-tracer does not read skip weights).
+        TransformerLens backend names them (``blocks.{layer}.X`` -> ``X``). A transcoder
+        circuit-tracer would read differently (a skip connection) needs
+        ``allow_extensions=True``.
         """
-        return clt_io.save_circuit_tracer(
-            self, Path(path), model_name=model_name, allow_extensions=allow_extensions
+        reason = self.circuit_tracer_exportable()
+        if reason:
+            raise CLTFormatError(f"{reason}: share this {type(self).__name__} with save_model")
+        return self._write_circuit_tracer(Path(path), model_name, allow_extensions)
+
+    def _write_circuit_tracer(
+        self, path: Path, model_name: str | None, allow_extensions: bool
+    ) -> Path:
+        if self.lazy_decoder is not None:
+            raise ValueError("load the CLT with lazy=False to export it")
+        return circuit_tracer.write(
+            path,
+            self.cfg.to_dict(),
+            dict(self.state_dict()),
+            model_name=model_name,
+            allow_extensions=allow_extensions,
         )
 
     @classmethod
@@ -581,18 +637,26 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
     ) -> CrossLayerTranscoder:
-        """Load circuit-tracer's layout (as written by :meth:`to_circuit_tracer` or found on the Hub).
-
-        ``dtype=None`` keeps the dtype of the files.
-        """
-        from sae_lens_clt.pretrained import CIRCUIT_TRACER_LAYOUT, load_folder
-
-        return load_folder(path, device=device, dtype=dtype, layout=CIRCUIT_TRACER_LAYOUT)
+        """Load circuit-tracer's layout (as written by :meth:`to_circuit_tracer` or found on
+        the Hub). ``dtype=None`` keeps the dtype of the files."""
+        contents = folder.read_folder(path, dtype=dtype, layout=folder.CIRCUIT_TRACER)
+        return cls.from_folder_contents(contents, device=device)
 
     def __repr__(self) -> str:
         c = self.cfg
         return (
-            f"CrossLayerTranscoder(n_layers={c.n_layers}, d_in={c.d_in}, d_out={c.d_out}, "
-            f"d_sae={c.d_sae}, activation_fn={c.activation_fn!r}, "
-            f"skip={c.skip_connection}, dtype={c.dtype}, device={c.device})"
+            f"{type(self).__name__}(n_layers={c.n_layers}, d_in={c.d_in}, d_out={c.d_out}, "
+            f"d_sae={c.d_sae}, activation_fn={c.activation_fn!r}, dtype={c.dtype}, "
+            f"device={c.device})"
         )
+
+
+def cls_arch(cls: type) -> str:
+    """The architecture a transcoder class is registered under (from its config class)."""
+    for arch in registry.architectures():
+        if registry.registration(arch).cls is cls:
+            return arch
+    raise ValueError(
+        f"{cls.__module__}.{cls.__qualname__} is not registered: call "
+        "sae_lens_clt.register_architecture(name, cls, config_cls) first"
+    )

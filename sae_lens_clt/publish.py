@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from sae_lens_clt import io as clt_io
-from sae_lens_clt.clt import CrossLayerTranscoder
+from sae_lens_clt.formats.atomic import atomic_write_text
+from sae_lens_clt.formats.circuit_tracer import CONFIG_FILENAME as CT_CONFIG_FILENAME
 from sae_lens_clt.hooks import recorded_processing
+from sae_lens_clt.registry import Transcoder
 
 LIBRARY_NAME = "sae-lens-clt"
 TAGS = [
@@ -63,12 +62,11 @@ class PushResult:
     layouts: tuple[str, ...] = ()
 
 
-def _circuit_tracer_ok(clt: CrossLayerTranscoder) -> bool:
-    c = clt.cfg  # what circuit-tracer's load_clt reads as the same CLT
-    return c.d_in == c.d_out and c.activation_fn != "topk" and not c.skip_connection
+def _circuit_tracer_ok(clt: Transcoder) -> bool:
+    return clt.circuit_tracer_exportable() is None  # circuit-tracer reads it as this very CLT
 
 
-def write_hub_folder(clt: CrossLayerTranscoder, folder: str | Path, repo_id: str) -> Path:
+def write_hub_folder(clt: Transcoder, folder: str | Path, repo_id: str) -> Path:
     """Write the folder :func:`push_to_hub` uploads (steps 1-2 of the module docstring)."""
     if clt.lazy_decoder is not None:
         raise ValueError(
@@ -84,7 +82,7 @@ def write_hub_folder(clt: CrossLayerTranscoder, folder: str | Path, repo_id: str
     if ct_ok:
         clt.to_circuit_tracer(folder, model_name=clt.cfg.metadata.model_name)
         layouts.append("circuit_tracer")
-    clt_io.atomic_write_text(folder / "README.md", model_card(clt, repo_id, layouts))
+    atomic_write_text(folder / "README.md", model_card(clt, repo_id, layouts))
     return folder
 
 
@@ -99,7 +97,7 @@ def _remove_stale_circuit_tracer_files(folder: Path, n_layers: int) -> None:
         if m and int(m.group(2)) >= n_layers:
             path.unlink()
     if n_layers == 0:
-        (folder / clt_io.CT_CONFIG_FILENAME).unlink(missing_ok=True)
+        (folder / CT_CONFIG_FILENAME).unlink(missing_ok=True)
 
 
 def _metric(values: Any, keys: tuple[str, ...]) -> Any:
@@ -145,23 +143,26 @@ def _processing_row(meta: Any) -> str:
     return "with " + ", ".join(f"`{k}=True`" for k in done)
 
 
-def model_card(clt: CrossLayerTranscoder, repo_id: str, layouts: list[str]) -> str:
+def model_card(clt: Transcoder, repo_id: str, layouts: list[str]) -> str:
     """``README.md`` text: YAML metadata + hooks, shapes, metrics and loading snippets."""
     c, meta = clt.cfg, clt.cfg.metadata
     model = meta.model_name
-    card_meta: dict[str, Any] = {"library_name": LIBRARY_NAME}
-    if isinstance(model, str) and "/" in model:
-        card_meta["base_model"] = model
-    card_meta["tags"] = TAGS
-    header = yaml.safe_dump(card_meta, sort_keys=False).strip()
+    from huggingface_hub import ModelCardData
+
+    card_data = ModelCardData(
+        library_name=LIBRARY_NAME,
+        base_model=model if isinstance(model, str) and "/" in model else None,
+        tags=TAGS,
+    )
+    header = card_data.to_yaml()
     rows = [
         ("Model", f"`{model}`" if model else "unknown"),
         ("Layers", _fmt(c.n_layers)),
         ("Features per layer", _fmt(c.d_sae)),
         ("Features in all", _fmt(c.n_layers * c.d_sae)),
         ("d_in / d_out", f"{c.d_in} / {c.d_out}"),
-        ("Activation", c.activation_fn + (f" (k={c.k})" if c.activation_fn == "topk" else "")),
-        ("Skip connection", "yes" if c.skip_connection else "no"),
+        ("Architecture", f"`{c.architecture()}` (`{type(clt).__name__}`)"),
+        ("Activation", c.activation_fn + (f" (k={c.k})" if getattr(c, "k", None) else "")),
         ("Input hook (reads)", f"`{c.metadata.hook_name}`"),
         ("Output hook (writes)", f"`{c.metadata.hook_name_out}`"),
         ("Model loaded", _processing_row(meta)),
@@ -220,14 +221,14 @@ With SAELens (after `import sae_lens_clt`, which registers the architecture):
 
 ```python
 import sae_lens, sae_lens_clt
-from sae_lens_clt.pretrained import sae_lens_loader
+from sae_lens_clt.loading.pretrained import sae_lens_loader
 clt = sae_lens.SAE.from_pretrained("{repo_id}", "clt", converter=sae_lens_loader)
 ```
 {ct_snippet}"""
 
 
 def push_to_hub(
-    clt: CrossLayerTranscoder,
+    clt: Transcoder,
     repo_id: str,
     *,
     revision: str = "main",

@@ -28,7 +28,7 @@ def _field_type(tp: Any) -> Any:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from sae_lens_clt.training.runner import CLTTrainingRunnerConfig
+    from sae_lens_clt.training.config import CLTTrainingRunnerConfig
 
     p = subparsers.add_parser(
         "train",
@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    from sae_lens_clt.training.runner import CLTTrainingRunnerConfig
+    from sae_lens_clt.training.config import CLTTrainingRunnerConfig
 
     values: dict[str, Any] = {}
     if args.config:

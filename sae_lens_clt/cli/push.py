@@ -28,10 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_clt.hub import push_to_hub
-    from sae_lens_clt.pretrained import from_pretrained
+    from sae_lens_clt.publish import push_to_hub
+    from sae_lens_clt.transcoders import CrossLayerTranscoder
 
-    clt = from_pretrained(args.path)
+    clt = CrossLayerTranscoder.from_pretrained(args.path)
     if args.model_name:
         clt.cfg.metadata.model_name = args.model_name
     result = push_to_hub(

@@ -25,13 +25,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sae_lens_clt import pretrained
+    from sae_lens_clt.loading import releases
 
     for path in args.releases:
-        pretrained.load_releases(path, overwrite=True)
+        releases.load_releases(path, overwrite=True)
     header = ("name", "model", "layers", "features/layer", "where")
     rows = [header]
-    for r in map(pretrained.describe, pretrained.get_registry().values()):
+    for r in map(releases.describe, releases.get_registry().values()):
         where = r.location()
         folder = r.local_folder()
         if folder is not None and not folder.is_dir():

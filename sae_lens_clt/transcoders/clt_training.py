@@ -22,7 +22,6 @@ Algorithm (one step on a batch of ``N`` tokens, normalized activations):
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,12 +31,14 @@ from sae_lens.saes.jumprelu_sae import JumpReLU
 from sae_lens.saes.sae import TrainCoefficientConfig, TrainingSAE, TrainingSAEConfig
 from typing_extensions import override
 
-from sae_lens_clt.clt import (
+from sae_lens_clt import registry
+from sae_lens_clt.replacement import ReplacementHooks
+from sae_lens_clt.transcoders.clt import (
     ARCHITECTURE,
     CrossLayerTranscoder,
     CrossLayerTranscoderConfig,
-    layer_slices,
 )
+from sae_lens_clt.transcoders.sparse import layer_slices
 
 
 class SparseActivations(NamedTuple):
@@ -238,8 +239,6 @@ class TrainingCrossLayerTranscoderConfig(CrossLayerTranscoderConfig, TrainingSAE
     pre_act_loss_coefficient: float | None = 3e-6
     init_active_fraction: float = 0.05  # share of tokens each feature fires on at init
     decode_sparse_below: float = 0.07  # sparse decode + encoder grad below this share
-    cross_layer_decoders: bool = True  # False: per-layer transcoders (only s -> s blocks)
-    decoder_init_norm: float | None = None
 
     @override
     @classmethod
@@ -260,17 +259,8 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         if cfg.activation_fn == "jumprelu" and self.device.type != "meta":
             with torch.no_grad():
                 self.threshold.fill_(cfg.jumprelu_init_threshold)
-        if not cfg.cross_layer_decoders and self.device.type != "meta":
-            self.zero_cross_layer_blocks()
 
     # ------------------------------------------------------------------ init
-    @torch.no_grad()
-    def zero_cross_layer_blocks(self) -> None:
-        """Per-layer-transcoder mode: keep only the ``s -> s`` decoder blocks."""
-        for w in self.W_dec:
-            w[:, 1:].zero_()
-            if w.grad is not None:
-                w.grad[:, 1:].zero_()
 
     @torch.no_grad()
     def initialize_from_data(self, x: torch.Tensor) -> None:
@@ -293,37 +283,28 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         :meth:`to_inference` gives ``clt`` back. Shapes and activation must match.
         """
         mine, theirs = self.cfg, clt.cfg
-        fields = ("n_layers", "d_in", "d_out", "d_sae", "activation_fn", "k", "skip_connection")
+        fields = ("n_layers", "d_in", "d_out", "d_sae", "activation_fn")
         wrong = [
             f"{f}: {getattr(theirs, f)!r} (run: {getattr(mine, f)!r})"
             for f in fields
             if getattr(mine, f) != getattr(theirs, f)
         ]
+        if theirs.architecture() != mine.architecture():
+            wrong.append(f"architecture: {theirs.architecture()!r} (run: {mine.architecture()!r})")
         if wrong:
             raise ValueError(
                 "from_pretrained_path: the CLT does not fit this run's settings: "
                 + "; ".join(wrong)
-                + ". Set d_sae / activation_fn / skip_connection to match, or train from scratch."
+                + ". Set architecture / d_sae / activation_fn to match, or train from scratch."
             )
         if clt.lazy_decoder is not None:
             raise ValueError("from_pretrained_path: load the CLT eagerly (lazy=False)")
-        in_s = self.in_scale.to(self.dtype)
-        out_s = self.out_scale.to(self.dtype)
-
-        def get(t: torch.Tensor) -> torch.Tensor:
-            return t.to(self.device, self.dtype)
-
-        self.W_enc.copy_(get(clt.W_enc) / in_s[:, None, None])
-        self.b_enc.copy_(get(clt.b_enc))
-        self.b_dec.copy_(get(clt.b_dec) * out_s[:, None])
-        for s, w in enumerate(self.W_dec):
-            w.copy_(get(clt.W_dec[s]) * out_s[s:, None])
-        if mine.activation_fn == "jumprelu":
-            self.threshold.copy_(get(clt.threshold))
-        if mine.skip_connection:
-            self.W_skip.copy_(get(clt.W_skip) * (out_s / in_s)[:, None, None])
-        if not mine.cross_layer_decoders:
-            self.zero_cross_layer_blocks()
+        theirs_state = clt.state_dict()
+        for name, t in self.state_dict().items():
+            if name in theirs_state:
+                t.copy_(theirs_state[name].to(t.device, t.dtype))
+        # the inverse of to_inference's folding: weights on normalised activations
+        self.fold_input_output_scaling(1 / self.in_scale, 1 / self.out_scale)
 
     # ------------------------------------------------------------------ losses
     @override
@@ -339,16 +320,7 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         """``x [..., L, d_in] -> (acts, hidden_pre)``, with the straight-through JumpReLU."""
         self._check_input(x, self.cfg.d_in, "CLT input")
         hidden_pre = torch.einsum("...li,lif->...lf", x.to(self.dtype), self.W_enc) + self.b_enc
-        if self.cfg.activation_fn == "jumprelu":
-            acts = JumpReLU.apply(
-                hidden_pre,
-                self.threshold.to(hidden_pre.dtype),
-                self.cfg.jumprelu_bandwidth,
-                self.cfg.jumprelu_ste_to_input,
-            )
-        else:
-            acts = self.activation(hidden_pre)
-        return acts, hidden_pre
+        return self.training_activation(hidden_pre), hidden_pre
 
     @override
     def calculate_aux_loss(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
@@ -396,8 +368,9 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         )
         dense = values.numel() >= self.cfg.decode_sparse_below * L * N * F
         y_hat = self.decode_entries(values, layer, row, col, N, dense=dense) + self.b_dec
-        if self.cfg.skip_connection:
-            y_hat = y_hat + torch.einsum("nli,lio->nlo", x.to(self.dtype), self.W_skip)
+        skip = self.skip_all(x)
+        if skip is not None:
+            y_hat = y_hat + skip
         mse = (y_hat - y).pow(2).sum(dim=(-1, -2)).mean()
         parts = {"mse_loss": mse, "l0_loss": l0_coefficient * sparsity / N}
         loss = mse + parts["l0_loss"]
@@ -414,12 +387,26 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
     ) -> TrainingStepOutput:
         """Plain-autograd path (ReLU, TopK, JumpReLU with the STE to the input)."""
         acts, hidden_pre = self.encode_with_hidden_pre(x)
+        return self._losses_from_acts(x, y, acts, hidden_pre, l0_coefficient)
+
+    def sparsity_penalty(self) -> bool:
+        """Whether the loss has the tanh sparsity term (a TopK variant fixes L0 instead)."""
+        return True
+
+    def _losses_from_acts(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        l0_coefficient: float,
+    ) -> TrainingStepOutput:
         y_hat = self.decode(acts, x)
         mse = (y_hat - y).pow(2).sum(dim=(-1, -2)).mean()
         dec_norm = self.decoder_norms()  # [L, F]
         parts = {"mse_loss": mse}
         loss = mse
-        if self.cfg.activation_fn != "topk":
+        if self.sparsity_penalty():
             sparsity = torch.tanh(self.cfg.jumprelu_tanh_scale * acts * dec_norm).sum((-1, -2))
             parts["l0_loss"] = l0_coefficient * sparsity.mean()
             loss = loss + parts["l0_loss"]
@@ -446,61 +433,54 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         the original MLP outputs. Gradients reach the CLT through every layer; the model's
         own parameters should have ``requires_grad=False``.
         """
-        cfg = self.cfg
         with torch.no_grad():
             clean = model(tokens)[:, keep_first:-1].float().log_softmax(-1)
-        acts: dict[int, torch.Tensor] = {}
-        inputs: dict[int, torch.Tensor] = {}
-
-        def read(value: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
-            x = value.to(self.dtype).flatten(0, 1) * self.in_scale[layer]  # [B*T, d_in]
-            inputs[layer] = x
-            z = x @ self.W_enc[layer] + self.b_enc[layer]
-            if cfg.activation_fn == "jumprelu":
-                acts[layer] = JumpReLU.apply(
-                    z, self.threshold[layer], cfg.jumprelu_bandwidth, cfg.jumprelu_ste_to_input
-                )
-            else:
-                acts[layer] = self.activation(z, layer)
-            return value
-
-        def write(value: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
-            new = self.b_dec[layer] + sum(
-                acts[s] @ self.W_dec[s][:, layer - s] for s in range(layer + 1)
-            )
-            if cfg.skip_connection:
-                new = new + inputs[layer] @ self.W_skip[layer]
-            new = (new / self.out_scale[layer]).view_as(value).to(value.dtype)
-            return torch.cat([value[:, :keep_first], new[:, keep_first:]], dim=1)
-
-        hooks = []
-        for layer in range(cfg.n_layers):
-            hooks.append((cfg.hook_in(layer), functools.partial(read, layer=layer)))
-            hooks.append((cfg.hook_out(layer), functools.partial(write, layer=layer)))
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        hooks = ReplacementHooks(
+            self,
+            keep_first=keep_first,
+            in_scale=self.in_scale,
+            out_scale=self.out_scale,
+            activation=self.training_activation,
+        )
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks.hooks())
         replaced = logits[:, keep_first:-1].float().log_softmax(-1)
         return (clean.exp() * (clean - replaced)).sum(-1).mean()
 
+    def training_activation(
+        self, hidden_pre: torch.Tensor, layer: int | None = None
+    ) -> torch.Tensor:
+        """σ with its training-time gradient (JumpReLU: SAELens' straight-through estimator)."""
+        if self.cfg.activation_fn == "jumprelu":
+            theta = self.threshold if layer is None else self.threshold[layer]
+            return JumpReLU.apply(
+                hidden_pre,
+                theta.to(hidden_pre.dtype),
+                self.cfg.jumprelu_bandwidth,
+                self.cfg.jumprelu_ste_to_input,
+            )
+        return self.activation(hidden_pre, layer)
+
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        """Projections that keep the parameters valid: θ >= 0, per-layer mode blocks."""
+        """Projections that keep the parameters valid: θ >= 0."""
         if self.cfg.activation_fn == "jumprelu":
             self.threshold.clamp_(min=0.0)
-        if not self.cfg.cross_layer_decoders:
-            self.zero_cross_layer_blocks()
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()
     def to_inference(self) -> CrossLayerTranscoder:
-        """An inference :class:`CrossLayerTranscoder` on raw activations (scales folded)."""
-        cfg_dict = self.cfg.get_inference_sae_cfg_dict()
-        cfg = CrossLayerTranscoderConfig.from_dict(cfg_dict)
-        state = {
-            k: v.detach().clone()
-            for k, v in self.state_dict().items()
-            if k in cfg.expected_shapes()
-        }
-        clt = CrossLayerTranscoder.from_state_dict(cfg, state)
+        """The registered inference class of this architecture, on raw activations (scales folded)."""
+        return self._inference_from(self.cfg.get_inference_sae_cfg_dict(), {})
+
+    def _inference_from(
+        self, cfg_dict: dict[str, Any], extra: dict[str, torch.Tensor]
+    ) -> CrossLayerTranscoder:
+        reg = registry.registration(cfg_dict["architecture"])
+        cfg = reg.config_class.from_dict(cfg_dict)
+        expected = cfg.expected_shapes()
+        state = {k: v.detach().clone() for k, v in self.state_dict().items() if k in expected}
+        state.update(extra)
+        clt = reg.cls.from_state_dict(cfg, state)
         clt.fold_input_output_scaling(self.in_scale, self.out_scale)
         return clt
 

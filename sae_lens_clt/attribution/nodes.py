@@ -1,0 +1,192 @@
+"""The data of an attribution graph: a dense adjacency matrix over a node table, saved
+without pickle (one safetensors file; the rest as JSON in its header).
+
+:class:`GraphData` is what pruning, export and plotting read;
+:class:`~sae_lens_clt.attribution.graph.AttributionGraph` adds the methods that call them.
+
+Node order (rows = targets, columns = sources)::
+
+    [features (n_features), errors (n_layers * n_pos, layer-major), embeddings (n_pos),
+     logits (n_logits)]
+
+so error node ``(layer, pos)`` has index ``n_features + layer * n_pos + pos``.
+``adjacency[target, source]`` is the direct effect of ``source`` on ``target``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from sae_lens_clt.formats.atomic import atomic_save_safetensors
+from sae_lens_clt.formats.safetensors import file_metadata, read_tensors
+
+GRAPH_FORMAT = "sae_lens_clt.attribution_graph"
+GRAPH_FORMAT_VERSION = 1
+_TENSOR_FIELDS = (
+    "adjacency",
+    "active_features",
+    "activation_values",
+    "logit_token_ids",
+    "logit_probabilities",
+    "input_tokens",
+)
+
+
+G = TypeVar("G", bound="GraphData")
+
+
+@dataclass
+class GraphData:
+    """Direct-effect graph of one prompt over a CLT replacement model.
+
+    Attributes:
+        adjacency: ``[N, N]`` float32, rows = targets, columns = sources.
+        active_features: ``[n_features, 3]`` int64 rows ``(layer, pos, feature)`` in node order.
+        activation_values: ``[n_features]`` float32 activations of those features.
+        logit_token_ids: ``[n_logits]`` int64 output tokens of the logit nodes.
+        logit_probabilities: ``[n_logits]`` float32 their probabilities on this prompt.
+        input_tokens: ``[n_pos]`` int64 prompt tokens (BOS first).
+        n_layers: number of model layers (= CLT layers).
+        metadata: JSON-serialisable dict (model, CLT, settings, token strings, ...).
+    """
+
+    adjacency: torch.Tensor
+    active_features: torch.Tensor
+    activation_values: torch.Tensor
+    logit_token_ids: torch.Tensor
+    logit_probabilities: torch.Tensor
+    input_tokens: torch.Tensor
+    n_layers: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.n_features + self.n_errors + self.n_pos + self.n_logits
+        if self.adjacency.shape != (n, n):
+            raise ValueError(
+                f"adjacency must be [{n}, {n}] for {self.n_features} features, "
+                f"{self.n_layers} layers x {self.n_pos} positions and {self.n_logits} logits, "
+                f"got {tuple(self.adjacency.shape)}"
+            )
+        if self.active_features.ndim != 2 or self.active_features.shape[1] != 3:
+            raise ValueError(
+                f"active_features must be [n, 3] (layer, pos, feature), "
+                f"got {tuple(self.active_features.shape)}"
+            )
+
+    # ------------------------------------------------------------------ node table
+    @property
+    def n_pos(self) -> int:
+        return int(self.input_tokens.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.active_features.shape[0])
+
+    @property
+    def n_errors(self) -> int:
+        return self.n_layers * self.n_pos
+
+    @property
+    def n_logits(self) -> int:
+        return int(self.logit_token_ids.shape[0])
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.adjacency.shape[0])
+
+    @property
+    def error_offset(self) -> int:
+        """Index of the first error node."""
+        return self.n_features
+
+    @property
+    def embedding_offset(self) -> int:
+        """Index of the first embedding node."""
+        return self.n_features + self.n_errors
+
+    @property
+    def logit_offset(self) -> int:
+        """Index of the first logit node."""
+        return self.embedding_offset + self.n_pos
+
+    def error_index(self, layer: int, pos: int) -> int:
+        """Node index of the error node at ``(layer, pos)``."""
+        return self.error_offset + layer * self.n_pos + pos
+
+    def node_kind(self, index: int) -> str:
+        """``'feature'``, ``'error'``, ``'embedding'`` or ``'logit'``."""
+        if index < self.error_offset:
+            return "feature"
+        if index < self.embedding_offset:
+            return "error"
+        if index < self.logit_offset:
+            return "embedding"
+        return "logit"
+
+    def node_layer_pos(self, index: int) -> tuple[int, int]:
+        """``(layer, pos)`` of a node; embeddings get layer -1, logits layer ``n_layers``."""
+        kind = self.node_kind(index)
+        if kind == "feature":
+            layer, pos, _ = self.active_features[index].tolist()
+            return int(layer), int(pos)
+        if kind == "error":
+            return divmod(index - self.error_offset, self.n_pos)
+        if kind == "embedding":
+            return -1, index - self.embedding_offset
+        return self.n_layers, self.n_pos - 1
+
+    def logit_weights(self) -> torch.Tensor:
+        """``[N]`` vector: logit probabilities on the logit nodes, zero elsewhere."""
+        w = torch.zeros(self.n_nodes, dtype=self.adjacency.dtype)
+        w[self.logit_offset :] = self.logit_probabilities.to(w.dtype)
+        return w
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | Path) -> Path:
+        """Write one ``.safetensors`` file: the tensors, plus the rest as JSON in its header.
+
+        A path without a suffix gets ``.safetensors``; returns the path written.
+        """
+        path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
+        header = {
+            "format": GRAPH_FORMAT,
+            "version": str(GRAPH_FORMAT_VERSION),
+            "n_layers": str(self.n_layers),
+            "metadata": json.dumps(self.metadata),
+        }
+        return atomic_save_safetensors(tensors, path, metadata=header)
+
+    @classmethod
+    def load(cls: type[G], path: str | Path) -> G:
+        """Read a file written by :meth:`save` (safetensors + JSON only: never runs code)."""
+        path = Path(path)
+        header = file_metadata(path)
+        if header.get("format") != GRAPH_FORMAT:
+            raise ValueError(
+                f"{path} is not an attribution graph written by AttributionGraph.save "
+                f"(header format={header.get('format')!r})"
+            )
+        tensors = read_tensors(path)
+        missing = [n for n in _TENSOR_FIELDS if n not in tensors]
+        if missing:
+            raise ValueError(f"{path} lacks the tensors {missing}; was it truncated?")
+        return cls(
+            **{n: tensors[n] for n in _TENSOR_FIELDS},
+            n_layers=int(header["n_layers"]),
+            metadata=json.loads(header.get("metadata", "{}")),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(n_pos={self.n_pos}, n_layers={self.n_layers}, "
+            f"n_features={self.n_features}, n_logits={self.n_logits}, n_nodes={self.n_nodes})"
+        )

@@ -1,0 +1,5 @@
+import sys
+
+from sae_lens_clt.cli import main
+
+sys.exit(main())
