@@ -46,6 +46,8 @@ class CLTTrainingRunnerConfig:
     batch_topk: bool = False
     skip_connection: bool = False  # shorthand for architecture=skip_cross_layer_transcoder
     cross_layer_decoders: bool = True  # False: shorthand for architecture=per_layer_transcoder
+    # fields of the architecture's training config that have no flag here (a variant's own)
+    transcoder_options: dict[str, Any] = field(default_factory=dict)
     jumprelu_init_threshold: float = 0.03
     jumprelu_bandwidth: float = 0.1
     jumprelu_tanh_scale: float = 4.0
@@ -120,7 +122,7 @@ class CLTTrainingRunnerConfig:
             self.architecture = registry.TOPK_CLT
         if self.architecture == registry.TOPK_CLT:
             self.activation_fn = "topk"
-            if self.k is None:
+            if self.k is None and "k" not in self.transcoder_options:
                 problems.append(
                     "a TopK / BatchTopK CLT needs k (features kept per layer and token)"
                 )

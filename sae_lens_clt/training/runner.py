@@ -169,6 +169,13 @@ class CLTTrainingRunner:
             if f.name in accepted and f.name not in settings:
                 settings[f.name] = getattr(c, f.name)
         settings = {k: v for k, v in settings.items() if k in accepted and v is not None}
+        unknown = sorted(set(c.transcoder_options) - accepted)
+        if unknown:
+            raise ValueError(
+                f"transcoder_options {unknown} are not fields of "
+                f"{reg.training_config_class.__name__}"
+            )
+        settings.update(c.transcoder_options)
         tcfg = reg.training_config_class(**settings)
         md = tcfg.metadata
         md.model_name = c.model_name

@@ -1,0 +1,80 @@
+"""The shipped variants against the contract suite, and what is special to each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sae_lens_clt import registry
+from sae_lens_clt.testing import check_transcoder, random_transcoder
+from sae_lens_clt.transcoders import (
+    CrossLayerTranscoder,
+    CrossLayerTranscoderConfig,
+    PerLayerTranscoder,
+    PerLayerTranscoderConfig,
+    SkipCrossLayerTranscoder,
+    SkipCrossLayerTranscoderConfig,
+    TopKCrossLayerTranscoder,
+    TopKCrossLayerTranscoderConfig,
+    TrainingTopKCrossLayerTranscoder,
+    TrainingTopKCrossLayerTranscoderConfig,
+)
+
+VARIANTS = {
+    "clt": (CrossLayerTranscoder, CrossLayerTranscoderConfig, {}),
+    "clt-relu": (CrossLayerTranscoder, CrossLayerTranscoderConfig, {"activation_fn": "relu"}),
+    "plt": (PerLayerTranscoder, PerLayerTranscoderConfig, {}),
+    "skip": (SkipCrossLayerTranscoder, SkipCrossLayerTranscoderConfig, {}),
+    "topk": (TopKCrossLayerTranscoder, TopKCrossLayerTranscoderConfig, {"k": 6}),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variant_passes_the_contract(name: str, tmp_path: Path) -> None:
+    cls, cfg_cls, extra = VARIANTS[name]
+    ran = check_transcoder(
+        lambda **dims: random_transcoder(cls, cfg_cls, **dims, **extra), tmp_path
+    )
+    assert len(ran) == 10
+
+
+def test_plt_allocates_no_cross_layer_block() -> None:
+    plt = random_transcoder(PerLayerTranscoder, PerLayerTranscoderConfig, n_layers=6, d_in=8)
+    assert [tuple(w.shape) for w in plt.W_dec] == [(24, 1, 8)] * 6
+    clt = random_transcoder(CrossLayerTranscoder, CrossLayerTranscoderConfig, n_layers=6, d_in=8)
+    n_plt = sum(w.numel() for w in plt.W_dec)
+    assert sum(w.numel() for w in clt.W_dec) == n_plt * (6 + 1) // 2  # L(L+1)/2 blocks vs L
+    assert [plt.sources(t) for t in range(6)] == [[t] for t in range(6)]
+
+
+def test_batch_topk_converts_to_jumprelu_with_the_tracked_thresholds() -> None:
+    torch.manual_seed(0)
+    cfg = TrainingTopKCrossLayerTranscoderConfig(n_layers=2, d_in=8, d_sae=32, k=4, batch_topk=True)
+    clt = TrainingTopKCrossLayerTranscoder(cfg)
+    x, y = torch.randn(256, 2, 8), torch.randn(256, 2, 8)
+    out = clt.training_losses(x, y, 0.0)
+    n_active = (out.acts.values != 0).sum().item()
+    assert n_active == 4 * 256 * 2  # k per token on average, over the batch, at each layer
+    per_token = (out.acts.to_dense() != 0).sum(-1).float()  # [N, L]
+    assert per_token.std() > 0  # tokens share the budget unevenly (BatchTopK, not TopK)
+    for _ in range(20):
+        clt.training_losses(torch.randn(256, 2, 8), y, 0.0)
+    inference = clt.to_inference()
+    assert type(inference) is CrossLayerTranscoder and inference.cfg.activation_fn == "jumprelu"
+    assert inference.cfg.architecture() == registry.CLT
+    theta = clt.kept_threshold
+    torch.testing.assert_close(inference.threshold, theta[:, None].expand(2, 32))
+    # on fresh tokens the JumpReLU keeps about what BatchTopK keeps: ~k per token and layer
+    with torch.no_grad():
+        l0 = (inference.encode(torch.randn(4096, 2, 8)) != 0).sum(-1).float().mean()
+    assert 2.5 < l0 < 6.0, l0
+    assert inference.circuit_tracer_exportable() is None  # the converted CLT goes to circuit-tracer
+
+
+def test_topk_keeps_k_per_token_and_layer() -> None:
+    clt = random_transcoder(TopKCrossLayerTranscoder, TopKCrossLayerTranscoderConfig, k=3)
+    with torch.no_grad():
+        acts = clt.encode(torch.randn(50, 3, 16))
+    assert ((acts != 0).sum(-1) <= 3).all() and ((acts != 0).sum(-1) == 3).float().mean() > 0.9
