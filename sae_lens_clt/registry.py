@@ -185,6 +185,16 @@ def register_architecture(
     _TABLE[architecture] = new
 
 
+def unregister_architecture(architecture: str) -> None:
+    """Forget a variant registered with :func:`register_architecture` (here and in SAELens),
+    e.g. to define it again in a notebook. Built-in architectures come back on next use."""
+    _TABLE.pop(architecture, None)
+    if "sae_lens" in sys.modules:
+        from sae_lens import registry as sae_registry
+
+        sae_registry.SAE_CLASS_REGISTRY.pop(architecture, None)
+
+
 def _ensure_builtins() -> None:
     if CLT in _TABLE:
         return

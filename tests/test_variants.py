@@ -78,3 +78,20 @@ def test_topk_keeps_k_per_token_and_layer() -> None:
     with torch.no_grad():
         acts = clt.encode(torch.randn(50, 3, 16))
     assert ((acts != 0).sum(-1) <= 3).all() and ((acts != 0).sum(-1) == 3).float().mean() > 0.9
+
+
+def test_train_cli_imports_plugins_and_takes_variant_options() -> None:
+    from sae_lens_clt.cli import build_parser
+    from sae_lens_clt.cli.train import config_from_args
+
+    args = [
+        "train",
+        "--import",
+        "sae_lens_clt.transcoders",
+        "--architecture",
+        "topk_cross_layer_transcoder",
+    ]
+    cfg = config_from_args(build_parser().parse_args([*args, "--transcoder-options", '{"k": 7}']))
+    assert cfg.architecture == registry.TOPK_CLT and cfg.transcoder_options == {"k": 7}
+    with pytest.raises(SystemExit, match="--import no_such_plugin"):
+        config_from_args(build_parser().parse_args(["train", "--import", "no_such_plugin"]))

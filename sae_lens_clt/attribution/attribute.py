@@ -417,6 +417,54 @@ def attribute(
     """
     start = time.perf_counter()
     check_compatible(model, clt)
+    settings = _checked_settings(
+        max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
+    )
+    tokens = to_tokens(model, prompt)
+    with no_param_grads(model, clt):
+        fwd = frozen_forward(model, clt, tokens)  # step 1
+        t_fwd = time.perf_counter()
+        rc = _RowComputer(model, clt, fwd)  # step 2
+        logit_ids, logit_probs, logit_vecs = _logit_targets(model, fwd, settings)  # step 3
+        n_keep = (
+            rc.n_features if max_feature_nodes is None else min(max_feature_nodes, rc.n_features)
+        )
+        if n_keep == rc.n_features:  # step 4
+            adjacency, selected, n_batches = _all_rows(rc, logit_vecs, batch_size)
+        else:  # steps 4-5
+            adjacency, selected, n_batches = _ranked_rows(
+                rc, logit_vecs, logit_probs, n_keep, batch_size, update_interval
+            )
+    del fwd
+    timing = {"forward": t_fwd - start, "total": time.perf_counter() - start}
+    graph = AttributionGraph(  # step 6
+        adjacency=adjacency,
+        active_features=rc.active[selected].long(),
+        activation_values=rc.values[selected],
+        logit_token_ids=logit_ids.long(),
+        logit_probabilities=logit_probs.float(),
+        input_tokens=tokens,
+        n_layers=clt.cfg.n_layers,
+        metadata=_graph_metadata(
+            model, clt, prompt, tokens, logit_ids, settings, rc.n_features, n_batches, timing
+        ),
+    )
+    if verbose:
+        print(
+            f"attribute: {tokens.numel()} tokens, {rc.n_features} active features "
+            f"({selected.numel()} kept), {logit_ids.numel()} logits, {n_batches} backward "
+            f"passes; forward {timing['forward']:.3f}s, total {timing['total']:.3f}s"
+        )
+    return graph
+
+
+def _checked_settings(
+    max_n_logits: int,
+    desired_logit_prob: float,
+    max_feature_nodes: int | None,
+    batch_size: int,
+    update_interval: int,
+) -> dict[str, Any]:
     if batch_size < 1 or max_n_logits < 1 or not 0.0 < desired_logit_prob <= 1.0:
         raise ValueError(
             f"need batch_size >= 1 (got {batch_size}), max_n_logits >= 1 (got {max_n_logits}) "
@@ -424,72 +472,60 @@ def attribute(
         )
     if max_feature_nodes is not None and max_feature_nodes < 0:
         raise ValueError(f"max_feature_nodes must be >= 0 or None, got {max_feature_nodes}")
-    tokens = to_tokens(model, prompt)
-    T, L = tokens.numel(), clt.cfg.n_layers
+    return {
+        "max_n_logits": max_n_logits,
+        "desired_logit_prob": desired_logit_prob,
+        "max_feature_nodes": max_feature_nodes,
+        "batch_size": batch_size,
+        "update_interval": update_interval,
+    }
 
-    with no_param_grads(model, clt):
-        fwd = frozen_forward(model, clt, tokens)
-        t_fwd = time.perf_counter()
-        rc = _RowComputer(model, clt, fwd)
-        logit_ids, logit_probs = select_logits(fwd.logits[-1], max_n_logits, desired_logit_prob)
-        W_U = model.W_U.detach()  # [d_model, d_vocab]
-        logit_vecs = (W_U[:, logit_ids] - W_U.mean(dim=1, keepdim=True)).T  # [k, d_model]
-        logit_ids, logit_probs = logit_ids.cpu(), logit_probs.cpu()
-        n_active, n_logits = rc.n_features, int(logit_ids.numel())
-        n_keep = n_active if max_feature_nodes is None else min(max_feature_nodes, n_active)
 
-        if n_keep == n_active:
-            adjacency, selected, n_batches = _all_rows(rc, logit_vecs, batch_size)
-        else:
-            adjacency, selected, n_batches = _ranked_rows(
-                rc, logit_vecs, logit_probs, n_keep, batch_size, update_interval
-            )
-    del fwd
-    t_end = time.perf_counter()
+def _logit_targets(
+    model: HookedTransformer, fwd: FrozenForward, settings: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step 3: ``(token ids [k], probabilities [k], demeaned unembedding rows [k, d_model])``."""
+    logit_ids, logit_probs = select_logits(
+        fwd.logits[-1], settings["max_n_logits"], settings["desired_logit_prob"]
+    )
+    W_U = model.W_U.detach()  # [d_model, d_vocab]
+    logit_vecs = (W_U[:, logit_ids] - W_U.mean(dim=1, keepdim=True)).T  # [k, d_model]
+    return logit_ids.cpu(), logit_probs.cpu(), logit_vecs
 
+
+def _graph_metadata(
+    model: HookedTransformer,
+    clt: Transcoder,
+    prompt: Prompt,
+    tokens: torch.Tensor,
+    logit_ids: torch.Tensor,
+    settings: dict[str, Any],
+    n_active: int,
+    n_batches: int,
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    """The JSON-serialisable metadata a graph carries (model, transcoder, settings, timing)."""
     tokenizer = getattr(model, "tokenizer", None)
 
     def tok_str(t: int) -> str:
         return tokenizer.decode([t]) if tokenizer is not None else str(t)
 
-    metadata: dict[str, Any] = {
+    return {
         "prompt": prompt if isinstance(prompt, str) else None,
         "token_strings": [tok_str(int(t)) for t in tokens],
         "logit_token_strings": [tok_str(int(t)) for t in logit_ids],
         "model_name": str(getattr(model.cfg, "model_name", "")),
         "clt": {
+            "architecture": clt.cfg.architecture(),
             "model_name": clt.cfg.metadata.model_name,
-            "n_layers": L,
+            "n_layers": clt.cfg.n_layers,
             "d_sae": clt.cfg.d_sae,
             "activation_fn": clt.cfg.activation_fn,
             "hook_in": clt.cfg.metadata.hook_name,
             "hook_out": clt.cfg.metadata.hook_name_out,
         },
-        "settings": {
-            "max_n_logits": max_n_logits,
-            "desired_logit_prob": desired_logit_prob,
-            "max_feature_nodes": max_feature_nodes,
-            "batch_size": batch_size,
-            "update_interval": update_interval,
-        },
+        "settings": settings,
         "n_active_features": n_active,
         "n_backward_passes": n_batches,
-        "timing_s": {"forward": t_fwd - start, "total": t_end - start},
+        "timing_s": timing,
     }
-    graph = AttributionGraph(
-        adjacency=adjacency,
-        active_features=rc.active[selected].long(),
-        activation_values=rc.values[selected],
-        logit_token_ids=logit_ids.long(),
-        logit_probabilities=logit_probs.float(),
-        input_tokens=tokens,
-        n_layers=L,
-        metadata=metadata,
-    )
-    if verbose:
-        print(
-            f"attribute: {T} tokens, {n_active} active features ({selected.numel()} kept), "
-            f"{n_logits} logits, {n_batches} backward passes; forward "
-            f"{t_fwd - start:.3f}s, total {t_end - start:.3f}s"
-        )
-    return graph

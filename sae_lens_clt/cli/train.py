@@ -1,30 +1,45 @@
 """``sae-lens-clt train``: train a CLT from a YAML config file and/or flags.
 
-Every field of :class:`~sae_lens_clt.training.runner.CLTTrainingRunnerConfig` is a flag
-(``lr`` -> ``--lr``, ``l0_coefficient`` -> ``--l0-coefficient``); flags override the file.
+The flags are built from :class:`~sae_lens_clt.training.config.CLTTrainingRunnerConfig`
+itself: every field is a flag (``lr`` -> ``--lr``, ``l0_coefficient`` ->
+``--l0-coefficient``) typed from the field's annotation (``typing.get_type_hints``), with
+the comment next to the field as its help (read by ``simple_parsing``, SAELens' own config
+parser). Flags override ``--config``; ``--import`` loads modules that register variants.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import types
 import typing
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 
-def _field_type(tp: Any) -> Any:
-    """The scalar type of a dataclass field (``int | None`` -> ``int``)."""
-    if isinstance(tp, str):
-        tp = eval(tp, vars(typing), {})  # annotations are strings (from __future__)
+def _scalar(tp: Any) -> Any:
+    """The scalar type of an annotation (``int | None`` -> ``int``; dicts stay dicts)."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return args[0] if args else str
-    return tp
+    if type(None) in typing.get_args(tp):
+        return _scalar(args[0]) if len(args) == 1 else str
+    return typing.get_origin(tp) or tp
+
+
+def _help(cls: type, name: str, default: Any) -> str:
+    from simple_parsing.docstring import get_attribute_docstring
+
+    doc = get_attribute_docstring(cls, name)
+    above = doc.comment_above if not (doc.comment_above or "").startswith("---") else ""
+    text = " ".join(
+        t.strip().replace("\n", " ")
+        for t in (doc.comment_inline, above, doc.docstring_below)
+        if t and t.strip()
+    )
+    text = f"{text} (default: {default!r})" if text else f"default: {default!r}"
+    return text.replace("%", "%%")  # argparse formats help strings with %
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,21 +52,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train on the embedded default model and its corpus. Flags override --config.",
     )
     p.add_argument("--config", help="YAML file with CLTTrainingRunnerConfig fields")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (e.g. one that registers a transcoder variant); repeatable",
+    )
+    hints = typing.get_type_hints(CLTTrainingRunnerConfig)
     for f in fields(CLTTrainingRunnerConfig):
-        tp = _field_type(f.type)
+        tp = _scalar(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {
+            "dest": f.name,
+            "default": None,
+            "help": _help(CLTTrainingRunnerConfig, f.name, default),
+        }
         if tp is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif tp in (int, float, str):
-            p.add_argument(flag, dest=f.name, type=tp, default=None, metavar=tp.__name__.upper())
+            p.add_argument(flag, type=tp, metavar=tp.__name__.upper(), **kw)
         else:  # dicts: JSON on the command line
-            p.add_argument(flag, dest=f.name, type=json.loads, default=None, metavar="JSON")
+            p.add_argument(flag, type=json.loads, metavar="JSON", **kw)
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from sae_lens_clt.training.config import CLTTrainingRunnerConfig
 
+    for module in getattr(args, "imports", []):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise SystemExit(f"--import {module}: {e}") from e
     values: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)

@@ -25,7 +25,7 @@ class CLTTrainingRunnerConfig:
     with a ``{layer}`` placeholder.
     """
 
-    # model and data
+    # --- model and data
     model_name: str = "sae-lens-clt/tiny-states"
     dataset_path: str = ""  # "" with the default model: its generated corpus
     streaming: bool = False
@@ -60,7 +60,7 @@ class CLTTrainingRunnerConfig:
     kl_coefficient: float = 0.0
     kl_batch_size_prompts: int = 8
     decode_sparse_below: float = 0.07
-    # optimisation
+    # --- optimisation
     training_tokens: int = 2_000_000
     train_batch_size_tokens: int = 1024
     lr: float = 1e-3
@@ -72,7 +72,7 @@ class CLTTrainingRunnerConfig:
     adam_beta2: float = 0.999
     n_batches_for_norm_estimate: int = 8
     dead_feature_window: int = 1000  # steps without firing before a feature counts as dead
-    # run
+    # --- run
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 42
