@@ -33,6 +33,7 @@ from sae_lens_clt.formats.safetensors import (
     read_tensors,
     tensor_dtype,
     tensor_shapes,
+    to_torch_dtype,
 )
 
 CONFIG_FILENAME = "config.yaml"
@@ -205,7 +206,7 @@ def read_state(
     L, F, d = cfg_dict["n_layers"], cfg_dict["d_sae"], cfg_dict["d_in"]
     jump = cfg_dict["activation_fn"] == "jumprelu"
     skip = cfg_dict["architecture"] == registry.SKIP_CLT
-    dt = dtype or getattr(torch, cfg_dict["dtype"])
+    dt = dtype or to_torch_dtype(cfg_dict["dtype"])
     state: dict[str, torch.Tensor] = {
         "W_enc": torch.empty(L, d, F, dtype=dt),
         "b_enc": torch.empty(L, F, dtype=dt),

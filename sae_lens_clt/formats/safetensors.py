@@ -47,10 +47,12 @@ def to_torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """``"float32"`` / ``"torch.float32"`` / a ``torch.dtype`` / ``None`` -> ``torch.dtype | None``."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    value = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}: use e.g. 'float32' or 'bfloat16'")
-    return value
+    from sae_lens.util import str_to_dtype  # SAELens' own names for dtypes
+
+    try:
+        return str_to_dtype(str(dtype))
+    except ValueError as e:
+        raise ValueError(f"unknown dtype {dtype!r}: use e.g. 'float32' or 'bfloat16'") from e
 
 
 def read_header(path: str | Path) -> tuple[int, dict[str, dict[str, Any]], dict[str, str]]:

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.training.optim import get_lr_scheduler
+from sae_lens.util import get_special_token_ids
 from tqdm.auto import tqdm
 
 from sae_lens_clt import registry
@@ -113,11 +114,7 @@ class CLTTrainingRunner:
         self.d_in, self.d_out = d_in, d_out
         exclude = None
         if self.cfg.exclude_special_tokens and self.model.tokenizer is not None:
-            special = {
-                self.model.tokenizer.bos_token_id,
-                self.model.tokenizer.eos_token_id,
-                self.model.tokenizer.pad_token_id,
-            } - {None}
+            special = get_special_token_ids(self.model.tokenizer)  # BOS, EOS, PAD, SEP, ...
             exclude = torch.tensor(sorted(special), dtype=torch.long, device=self.cfg.device)
         return ActivationsStore.from_config_multi_hook(
             self.model,

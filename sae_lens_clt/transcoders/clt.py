@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import torch
 from sae_lens.saes.sae import SAE, SAEConfig, SAEMetadata
+from sae_lens.util import str_to_dtype
 from torch import nn
 from typing_extensions import override
 
@@ -528,7 +529,7 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
     ) -> CrossLayerTranscoder:
         """``W_dec`` holds meta tensors, rows come from disk."""
         L, F, do = cfg.n_layers, cfg.d_sae, cfg.d_out
-        device, dtype = cfg.device, getattr(torch, cfg.dtype)
+        device, dtype = cfg.device, str_to_dtype(cfg.dtype)
         state = dict(state)
         for s in range(L):
             state[f"W_dec.{s}"] = torch.empty(F, cfg.n_targets(s), do, dtype=dtype, device="meta")
