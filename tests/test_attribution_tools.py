@@ -10,8 +10,8 @@ import torch
 from sae_lens_clt.attribution import AttributionGraph, attribute, intervene
 from sae_lens_clt.attribution.export import (
     GRAPH_JSON_SCHEMA,
-    _check,
     cantor_pairing,
+    check_against_schema,
     validate_graph_json,
 )
 from sae_lens_clt.attribution.prune import node_influence
@@ -122,7 +122,7 @@ def test_json_validates_against_schema_and_circuit_tracer(tmp_path) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(data, GRAPH_JSON_SCHEMA)
     problems: list[str] = []
-    _check(data, GRAPH_JSON_SCHEMA, "$", problems)  # the fallback checker agrees
+    check_against_schema(data, GRAPH_JSON_SCHEMA, "$", problems)  # the fallback checker agrees
     assert problems == []
     ids = [n["node_id"] for n in data["nodes"]]
     assert len(ids) == len(set(ids))
@@ -144,7 +144,7 @@ def test_invalid_json_is_reported() -> None:
     with pytest.raises(ValueError, match="feature"):
         validate_graph_json(bad)
     problems: list[str] = []
-    _check(bad, GRAPH_JSON_SCHEMA, "$", problems)
+    check_against_schema(bad, GRAPH_JSON_SCHEMA, "$", problems)
     assert any("feature" in p for p in problems)
 
 

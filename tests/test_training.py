@@ -291,7 +291,7 @@ def test_replacement_kl_matches_evaluation_and_trains(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"needs a \(non-streaming\) datasets.Dataset"):
         CLTTrainingRunner(
             tiny_cfg(kl_coefficient=1.0, dataset_path="some/dataset"), override_model=model2
-        )._kl_token_batches()
+        ).kl_token_batches()
 
 
 KILL_SCRIPT = textwrap.dedent(

@@ -241,7 +241,7 @@ def _type_ok(value: Any, types: str | list[str]) -> bool:
     return any(checks[t](value) for t in ([types] if isinstance(types, str) else types))
 
 
-def _check(value: Any, schema: dict[str, Any], where: str, problems: list[str]) -> None:
+def check_against_schema(value: Any, schema: dict[str, Any], where: str, problems: list[str]) -> None:
     """A small JSON-schema checker for the subset :data:`GRAPH_JSON_SCHEMA` uses."""
     if "type" in schema and not _type_ok(value, schema["type"]):
         problems.append(f"{where}: expected {schema['type']}, got {type(value).__name__}")
@@ -256,10 +256,10 @@ def _check(value: Any, schema: dict[str, Any], where: str, problems: list[str]) 
                 problems.append(f"{where}: missing {key!r}")
         for key, sub in schema.get("properties", {}).items():
             if key in value:
-                _check(value[key], sub, f"{where}.{key}", problems)
+                check_against_schema(value[key], sub, f"{where}.{key}", problems)
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
-            _check(item, schema["items"], f"{where}[{i}]", problems)
+            check_against_schema(item, schema["items"], f"{where}[{i}]", problems)
 
 
 def validate_graph_json(data: dict[str, Any]) -> None:
@@ -268,7 +268,7 @@ def validate_graph_json(data: dict[str, Any]) -> None:
     try:
         import jsonschema
     except ImportError:
-        _check(data, GRAPH_JSON_SCHEMA, "$", problems)
+        check_against_schema(data, GRAPH_JSON_SCHEMA, "$", problems)
     else:
         validator = jsonschema.Draft7Validator(GRAPH_JSON_SCHEMA)
         problems += [

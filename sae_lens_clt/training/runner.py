@@ -229,7 +229,7 @@ class CLTTrainingRunner:
                 )
                 clt.load_inference_weights(start)
 
-        kl_batches = self._kl_token_batches() if c.kl_coefficient else []
+        kl_batches = self.kl_token_batches() if c.kl_coefficient else []
         checkpoint_steps = self._checkpoint_steps(steps)
         warm = max(1, clt.cfg.l0_warm_up_steps)
         wandb_run = self._wandb_init()
@@ -296,7 +296,7 @@ class CLTTrainingRunner:
         return inference
 
     # ------------------------------------------------------------------ pieces
-    def _kl_token_batches(self) -> list[torch.Tensor]:
+    def kl_token_batches(self) -> list[torch.Tensor]:
         """Token batches ``[kl_batch_size_prompts, context_size]`` for the KL term.
 
         From up to 4,000 documents of the training dataset (a seeded shuffle), packed as in
