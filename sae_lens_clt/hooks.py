@@ -9,7 +9,7 @@ the one place that says what a hook name means:
    ``blocks.{i}.<point>``; so the mapping between the two layouts is the prefix and nothing
    else (:func:`to_circuit_tracer_hook`, :func:`from_circuit_tracer_hook`). ``<point>`` must
    be one of :data:`BLOCK_HOOKS` (the residual-width tensors of a block); anything else is a
-   :class:`~sae_lens_clt.io.CLTFormatError` at export time.
+   :class:`~sae_lens_clt.formats.errors.CLTFormatError` at export time.
 2. **Which tensors.** In TransformerLens ``ln2.hook_normalized`` is ``x / scale`` *before*
    the norm's weight and bias; ``mlp.hook_in`` is the MLP's input *after* them;
    ``hook_resid_mid`` is the residual before the norm; ``mlp.hook_out`` is the MLP's output

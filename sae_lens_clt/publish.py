@@ -4,7 +4,7 @@
 
 1. Write one folder holding both layouts side by side, so every ecosystem loads it:
    ``cfg.json`` + ``sae_weights.safetensors`` (SAELens layout: ``sae_lens.SAE.load_from_disk``
-   once ``sae_lens_clt`` is imported, and :func:`sae_lens_clt.pretrained.from_pretrained`),
+   once ``sae_lens_clt`` is imported, and ``CrossLayerTranscoder.from_pretrained``),
    and ``W_enc_{i}`` / ``W_dec_{i}.safetensors`` + ``config.yaml`` (circuit-tracer layout:
    ``circuit_tracer``'s ``load_clt(folder)`` and ``ReplacementModel.from_pretrained(model,
    "org/repo")``, which glob ``W_enc_*.safetensors`` and so ignore the SAELens file).

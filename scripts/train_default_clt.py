@@ -4,7 +4,7 @@
    recorded in the CLT's metadata).
 2. Evaluate on held-out text, facts and natural text separately (NMSE, L0, loss recovered,
    KL, top-1 agreement).
-3. Write the CLT (SAELens layout, scales folded) to ``sae_lens_clt/data/default_clt`` with
+3. Write the CLT (SAELens layout, scales folded) to ``sae_lens_clt/default_model/default_clt`` with
    the evaluation in ``cfg.json``'s metadata, and print the figures.
 4. Compute the feature labels over a sample of the training corpus and cache them next to
    the CLT (``feature_labels.json``).
@@ -30,7 +30,7 @@ from sae_lens_clt.default_model import DEFAULT_MODEL, held_out_texts, load_model
 from sae_lens_clt.evals import evaluate_clt, token_batches_from_texts
 from sae_lens_clt.training.runner import CLTTrainingRunner, CLTTrainingRunnerConfig
 
-OUT = Path(__file__).resolve().parents[1] / "sae_lens_clt" / "data" / "default_clt"
+OUT = Path(__file__).resolve().parents[1] / "sae_lens_clt" / "default_model" / "default_clt"
 
 
 def label_default_clt(model, clt, folder: Path, n_docs: int = 1500) -> None:

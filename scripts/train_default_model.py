@@ -14,7 +14,7 @@ Algorithm:
    first-token accuracy on two-hop prompts for template and held-out cities.
 6. Write model.safetensors, config.json, tokenizer.json, held_out_cities.json and
    training_metadata.json into a temporary folder, then move each file into
-   ``sae_lens_clt/data/default_model/`` with ``os.replace`` (atomic per file).
+   ``sae_lens_clt/default_model/model/`` with ``os.replace`` (atomic per file).
 
 Usage::
 

@@ -259,3 +259,16 @@ def test_from_circuit_tracer_reads_that_layout_in_a_folder_with_both(tmp_path: P
     torch.testing.assert_close(
         CrossLayerTranscoder.load_from_disk(tmp_path).W_enc, saelens_clt.W_enc
     )
+
+
+def test_file_names_are_saelens_own() -> None:
+    """formats.saelens spells SAELens' file names (importing sae_lens there would cost the
+    light commands seconds); they must stay SAELens' constants."""
+    from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+
+    from sae_lens_clt.formats import saelens
+
+    assert (saelens.CFG_FILENAME, saelens.WEIGHTS_FILENAME) == (
+        SAE_CFG_FILENAME,
+        SAE_WEIGHTS_FILENAME,
+    )

@@ -95,3 +95,37 @@ def test_train_cli_imports_plugins_and_takes_variant_options() -> None:
     assert cfg.architecture == registry.TOPK_CLT and cfg.transcoder_options == {"k": 7}
     with pytest.raises(SystemExit, match="--import no_such_plugin"):
         config_from_args(build_parser().parse_args(["train", "--import", "no_such_plugin"]))
+
+
+@pytest.mark.parametrize("name", ["skip", "topk"])
+def test_round_one_cfg_json_loads_as_the_variant(name: str, tmp_path: Path) -> None:
+    """Round-1 files said architecture cross_layer_transcoder with skip_connection / topk flags."""
+    import json
+
+    import sae_lens
+
+    from sae_lens_clt.formats.errors import CLTFormatError
+    from sae_lens_clt.loading.pretrained import sae_lens_disk_loader
+    from sae_lens_clt.testing import assert_same_transcoder
+
+    cls, cfg_cls, extra = VARIANTS[name]
+    clt = random_transcoder(cls, cfg_cls, **extra)
+    clt.save_model(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    cfg["architecture"] = registry.CLT
+    if name == "skip":
+        cfg["skip_connection"] = True
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg))
+    for loaded in (
+        CrossLayerTranscoder.from_pretrained(str(tmp_path)),
+        CrossLayerTranscoder.load_from_disk(tmp_path),
+        sae_lens.SAE.load_from_disk(tmp_path, converter=sae_lens_disk_loader),
+    ):
+        assert_same_transcoder(clt, loaded)
+    # SAELens' own loader builds configs from the registry without our upgrade: it refuses
+    # with directions, and a re-save makes the folder current
+    with pytest.raises((CLTFormatError, ValueError), match="load_from_disk.*upgrade"):
+        sae_lens.SAE.load_from_disk(tmp_path)
+    CrossLayerTranscoder.load_from_disk(tmp_path).save_model(tmp_path)
+    assert_same_transcoder(clt, sae_lens.SAE.load_from_disk(tmp_path))

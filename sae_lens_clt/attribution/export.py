@@ -241,7 +241,9 @@ def _type_ok(value: Any, types: str | list[str]) -> bool:
     return any(checks[t](value) for t in ([types] if isinstance(types, str) else types))
 
 
-def check_against_schema(value: Any, schema: dict[str, Any], where: str, problems: list[str]) -> None:
+def check_against_schema(
+    value: Any, schema: dict[str, Any], where: str, problems: list[str]
+) -> None:
     """A small JSON-schema checker for the subset :data:`GRAPH_JSON_SCHEMA` uses."""
     if "type" in schema and not _type_ok(value, schema["type"]):
         problems.append(f"{where}: expected {schema['type']}, got {type(value).__name__}")

@@ -132,7 +132,7 @@ def _read_yaml(path: Path) -> dict[str, Release]:
 
 
 def load_releases(path: str | Path, *, overwrite: bool = False) -> list[str]:
-    """Register every release of a YAML file (the format of ``pretrained_clts.yaml``).
+    """Register every release of a YAML file (the format of the package's ``releases.yaml``).
 
     Relative ``path`` entries are relative to the YAML file. Returns the names added.
     """

@@ -100,7 +100,8 @@ class CrossLayerTranscoderConfig(SAEConfig):
             problems.append(
                 f"activation_fn must be one of {self.activation_fns()}, got {self.activation_fn!r}"
                 + (
-                    " (TopK CLTs are TopKCrossLayerTranscoder)"
+                    " (TopK CLTs are TopKCrossLayerTranscoder; a folder written by sae_lens_clt "
+                    "0.1 loads with CrossLayerTranscoder.load_from_disk, which upgrades it)"
                     if self.activation_fn == "topk"
                     else ""
                 )
@@ -409,6 +410,13 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
 
     @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        if "W_skip" in state_dict and "W_skip" not in self.cfg.expected_shapes():
+            raise CLTFormatError(
+                f"{saelens.WEIGHTS_FILENAME} holds W_skip but cfg.json says "
+                f"{self.cfg.architecture()!r}: a skip CLT written by sae_lens_clt 0.1; load it "
+                "with CrossLayerTranscoder.load_from_disk (which upgrades it) and save_model it "
+                "again to make SAELens' own loader read it"
+            )
         saelens.check_state_dict(
             state_dict, self.cfg.expected_shapes(), saelens.WEIGHTS_FILENAME, self.cfg.describe()
         )
