@@ -13,7 +13,7 @@ Algorithm:
    (warm-up, optional decay). Dead features (no activation in ``dead_feature_window``
    steps) are tracked and pushed back by the pre-activation loss. A non-finite loss stops
    training with :class:`TrainingDivergedError` before any update.
-4. Checkpoints (``n_checkpoints`` evenly spaced, plus the final one) are written atomically:
+4. Checkpoints (``n_checkpoints`` evenly spaced, plus the final one; :mod:`.checkpoints`) are written atomically:
    weights, Adam state, step, token count, data position and RNG state. ``resume`` rebuilds
    the same data stream from the seed and replays it up to the checkpoint (model forward
    passes only), so a resumed run sees exactly the batches of an uninterrupted one and ends
@@ -25,7 +25,6 @@ Algorithm:
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Iterator
@@ -42,15 +41,11 @@ from tqdm.auto import tqdm
 from sae_lens_clt import registry
 from sae_lens_clt.default_model import DEFAULT_MODEL, load_default_dataset, load_model
 from sae_lens_clt.evals import token_batches_from_texts
-from sae_lens_clt.formats.atomic import atomic_folder, atomic_save_safetensors, atomic_write_json
-from sae_lens_clt.formats.safetensors import read_tensors
 from sae_lens_clt.hooks import model_processing, prepare_model
+from sae_lens_clt.training.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from sae_lens_clt.training.config import CLTTrainingRunnerConfig
 from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 from sae_lens_clt.transcoders.clt_training import TrainingCrossLayerTranscoder
-
-STATE_TENSORS = "training_state.safetensors"
-STATE_JSON = "training_state.json"
 
 
 class TrainingDivergedError(RuntimeError):
@@ -380,64 +375,34 @@ class CLTTrainingRunner:
     ) -> Path:
         """Write ``checkpoint_path/step_{N}`` atomically (temp folder, then rename)."""
         assert self.cfg.checkpoint_path
-        root = Path(self.cfg.checkpoint_path)
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step_{self.step}"
-        with atomic_folder(final) as tmp:
-            tensors = {f"clt.{k}": v for k, v in clt.state_dict().items()}
-            opt = optimizer.state_dict()
-            for idx, state in opt["state"].items():
-                for name, value in state.items():
-                    tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
-            tensors["steps_since_fired"] = steps_since_fired
-            tensors["rng_state"] = torch.get_rng_state()
-            atomic_save_safetensors(tensors, tmp / STATE_TENSORS)
-            state_json = {
-                "step": self.step,
-                "n_tokens": self.n_tokens,
-                "batches_drawn": self.batches_drawn,
-                "optimizer_param_groups": opt["param_groups"],
-                "runner_config": self.cfg.to_dict(),
-                "clt_config": clt.cfg.to_dict(),
-            }
-            atomic_write_json(tmp / STATE_JSON, state_json, indent=2, default=str)
-            clt.save_inference_model(tmp / "clt")
-        return final
+        progress = Checkpoint(
+            self.step, self.n_tokens, self.batches_drawn, steps_since_fired, torch.get_rng_state()
+        )
+        folder = Path(self.cfg.checkpoint_path) / f"step_{self.step}"
+        return save_checkpoint(folder, clt, optimizer, progress, self.cfg.to_dict())
 
     def _resume(self, path: Path, clt, optimizer, scheduler, batches) -> torch.Tensor:
         """Load a checkpoint and replay the data stream up to it; returns steps_since_fired."""
-        state = json.loads((path / STATE_JSON).read_text())
-        tensors = read_tensors(path / STATE_TENSORS)
-        clt.load_state_dict(
-            {k[4:]: v for k, v in tensors.items() if k.startswith("clt.")}, strict=True
-        )
-        opt_state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, idx, name = key.split(".", 2)
-                opt_state.setdefault(int(idx), {})[name] = value
-        optimizer.load_state_dict(
-            {"state": opt_state, "param_groups": state["optimizer_param_groups"]}
-        )
+        state = load_checkpoint(path, clt, optimizer)
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
             warnings.simplefilter("ignore", UserWarning)
-            for _ in range(state["step"]):
+            for _ in range(state.step):
                 scheduler.step()  # the schedule is a pure function of the step
         # replay: draw (and drop) the batches the interrupted run had drawn
         for _ in tqdm(
-            range(state["batches_drawn"]),
+            range(state.batches_drawn),
             desc="replaying data stream",
             disable=not self.cfg.verbose,
             leave=False,
         ):
             next(batches)
-        if not torch.equal(torch.get_rng_state(), tensors["rng_state"]):
+        if not torch.equal(torch.get_rng_state(), state.rng_state):
             raise RuntimeError(
                 f"resuming from {path}: the replayed data stream does not match the checkpoint "
                 "(different dataset, seed or settings?); resume with the original config"
             )
-        self.step, self.n_tokens = state["step"], state["n_tokens"]
-        return tensors["steps_since_fired"].clone()
+        self.step, self.n_tokens = state.step, state.n_tokens
+        return state.steps_since_fired
 
 
 def train_clt(cfg: CLTTrainingRunnerConfig, **overrides: Any) -> CrossLayerTranscoder:
