@@ -17,6 +17,7 @@ from sae_lens_clt import (
     TopKCrossLayerTranscoder,
     TopKCrossLayerTranscoderConfig,
 )
+from sae_lens_clt.testing import text_dataset, tiny_lm
 
 
 def new_transcoder(
@@ -117,57 +118,10 @@ def any_clt(request: pytest.FixtureRequest) -> CrossLayerTranscoder:
     return make_clt(**request.param)
 
 
-WORDS = (
-    "the a of to and in is was it that he she they we you capital state city river "
-    "north south east west big small red blue green one two three four five day night "
-    "cat dog bird fish runs walks sees eats loves house tree road water fire stone"
-).split()
-
-
 def make_tiny_lm(n_layers: int = 2, d_model: int = 32, seed: int = 0, **overrides):
     """A small random HookedTransformer with a real word-level tokenizer (BOS id 0)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<|bos|>": 0, "<|unk|>": 1} | {w: i + 2 for i, w in enumerate(WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|bos|>",
-        eos_token="<|bos|>",
-        pad_token="<|bos|>",
-        unk_token="<|unk|>",
-        add_bos_token=True,  # TransformerLens: do not re-load a BOS-adding tokenizer by name
-        name_or_path="tiny-word-level",
-    )
-    cfg = HookedTransformerConfig(
-        **{
-            "n_layers": n_layers,
-            "d_model": d_model,
-            "n_heads": 4,
-            "d_head": d_model // 4,
-            "d_mlp": 4 * d_model,
-            "n_ctx": 64,
-            "d_vocab": len(vocab),
-            "act_fn": "gelu",
-            "normalization_type": "LN",
-            "default_prepend_bos": True,
-            "seed": seed,
-            **overrides,
-        }
-    )
-    model = HookedTransformer(cfg, tokenizer=hf_tok)
-    model.eval()
-    return model
+    return tiny_lm(n_layers=n_layers, d_model=d_model, seed=seed, **overrides)
 
 
 def make_text_dataset(n_docs: int = 200, seed: int = 0):
-    import random
-
-    from datasets import Dataset
-
-    rng = random.Random(seed)
-    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) for _ in range(n_docs)]
-    return Dataset.from_dict({"text": docs})
+    return text_dataset(n_docs, seed)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from sae_lens_clt.formats import folder as layouts
 from sae_lens_clt.formats.errors import CLTFormatError
 from sae_lens_clt.loading import pretrained as fetching
 from sae_lens_clt.loading import releases as P
+from sae_lens_clt.testing import put_in_hub_cache
 from sae_lens_clt.transcoders import CrossLayerTranscoder as _CLT
 from tests.conftest import FLAVOURS, has_skip, make_clt
 
@@ -48,16 +48,7 @@ def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-def put_in_cache(cache: Path, repo_id: str, folder: Path, subfolder: str = "") -> str:
-    """Copy ``folder`` into the cache layout ``models--org--repo/snapshots/<sha>/...``."""
-    sha = f"{abs(hash((repo_id, subfolder))) % 16**40:040x}"
-    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
-    snap = repo_dir / "snapshots" / sha / subfolder
-    snap.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(folder, snap, dirs_exist_ok=True)
-    (repo_dir / "refs").mkdir(exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(sha)
-    return sha
+put_in_cache = put_in_hub_cache  # the contract suite's helper: the Hub cache layout
 
 
 def same_outputs(a: CrossLayerTranscoder, b: CrossLayerTranscoder, atol: float = 1e-5) -> None:
