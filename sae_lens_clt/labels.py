@@ -29,7 +29,6 @@ from transformer_lens import HookedTransformer
 
 from sae_lens_clt.evals import cache_clt_io, token_batches_from_texts
 from sae_lens_clt.formats.atomic import atomic_write_json
-from sae_lens_clt.formats.folder import read_folder
 from sae_lens_clt.loading import pretrained
 from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 
@@ -198,8 +197,6 @@ def from_pretrained_with_labels(
 ) -> tuple[CrossLayerTranscoder, dict[tuple[int, int], str]]:
     """``CrossLayerTranscoder.from_pretrained`` plus the feature labels cached next to the
     CLT (``{}`` if none), fetching the folder once."""
-    where, layout = pretrained.fetch(name_or_repo)
-    contents = read_folder(where, layout=layout)
-    pretrained.apply_release_metadata(name_or_repo, contents.cfg_dict)
-    clt = CrossLayerTranscoder.from_folder_contents(contents, device=device)
-    return clt, label_map(load_labels(where))
+    fetched = pretrained.fetch(name_or_repo)
+    clt = CrossLayerTranscoder.from_folder_contents(fetched.read(), device=device)
+    return clt, label_map(load_labels(fetched.folder))

@@ -1,6 +1,6 @@
 """Fetching pretrained CLTs: from the package, a local folder or the Hugging Face Hub.
 
-:func:`fetch` ``(name_or_repo) -> (folder, layout)``:
+:func:`fetch` ``(name_or_repo) -> Fetched`` (the folder and the release entry):
 
 1. **Resolve** the name (:func:`sae_lens_clt.loading.releases.resolve`): a release, a
    local folder, or an ``org/repo[/subfolder]`` Hub id.
@@ -11,7 +11,7 @@
    (circuit-tracer layout). With ``HF_HUB_OFFLINE=1`` the same calls resolve from the cache.
 3. The caller reads the folder (:func:`sae_lens_clt.formats.folder.read_folder`) and the
    registered class builds itself (``CrossLayerTranscoder.from_pretrained``);
-   :func:`apply_release_metadata` adds what the release entry knows and the files do not.
+   :meth:`Fetched.read` adds what the release entry knows and the files do not.
 
 SAELens' own entry points get converters that return plain dicts:
 :func:`sae_lens_loader` (``SAE.from_pretrained``) and :func:`sae_lens_disk_loader`
@@ -20,6 +20,7 @@ SAELens' own entry points get converters that return plain dicts:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from sae_lens_clt import registry
 from sae_lens_clt.formats import circuit_tracer, gemma_scope_2, saelens
 from sae_lens_clt.formats.errors import CLTFormatError
-from sae_lens_clt.formats.folder import read_folder
+from sae_lens_clt.formats.folder import FolderContents, read_folder
 from sae_lens_clt.hooks import recorded_processing
 from sae_lens_clt.loading import releases
 from sae_lens_clt.loading.releases import UnknownCLTError
@@ -105,11 +106,14 @@ def _fetch_hub(
     return folder
 
 
-def fetch_folder(
-    name_or_repo: str, *, revision: str | None = None, force_download: bool = False
+def _folder(
+    name_or_repo: str,
+    kind: str,
+    release: releases.Release | None,
+    revision: str | None,
+    force_download: bool,
 ) -> Path:
-    """The local folder holding ``name_or_repo``'s files (downloading from the Hub if needed)."""
-    kind, release = releases.resolve(name_or_repo)
+    """The local folder holding the files of a resolved name (downloading if needed)."""
     if kind == "local":
         return Path(name_or_repo).expanduser()
     if kind == "hub":
@@ -142,27 +146,38 @@ def fetch_folder(
     return folder
 
 
+@dataclass
+class Fetched:
+    """Where a name's files are, and the release entry it named (if any)."""
+
+    folder: Path
+    release: releases.Release | None
+
+    @property
+    def layout(self) -> str | None:
+        """The release's own layout (``None``: detect it from the files)."""
+        return self.release.layout if self.release is not None else None
+
+    def read(self, dtype: str | torch.dtype | None = None, lazy: bool = False) -> FolderContents:
+        """The folder's contents, with what the release records and the files do not
+        (the model's name and processing) filled into the metadata."""
+        contents = read_folder(self.folder, dtype=dtype, lazy=lazy, layout=self.layout)
+        release = self.release
+        if release is not None:
+            md = contents.cfg_dict.setdefault("metadata", {})
+            if release.model and not md.get("model_name"):
+                md["model_name"] = release.model
+            if release.model_processing and recorded_processing(md) is None:
+                md["model_processing"] = dict(release.model_processing)
+        return contents
+
+
 def fetch(
     name_or_repo: str, *, revision: str | None = None, force_download: bool = False
-) -> tuple[Path, str | None]:
-    """``(folder, layout)`` holding ``name_or_repo``'s files (downloading them if needed);
-    ``layout`` is the release's own (``None``: detect from the files)."""
-    _, release = releases.resolve(name_or_repo)
-    return fetch_folder(name_or_repo, revision=revision, force_download=force_download), (
-        release.layout if release is not None else None
-    )
-
-
-def apply_release_metadata(name_or_repo: str, cfg_dict: dict[str, Any]) -> None:
-    """Fill ``cfg_dict["metadata"]`` with the model and processing a release records."""
-    _, release = releases.resolve(name_or_repo)
-    if release is None:
-        return
-    md = cfg_dict.setdefault("metadata", {})
-    if release.model and not md.get("model_name"):
-        md["model_name"] = release.model
-    if release.model_processing and recorded_processing(md) is None:
-        md["model_processing"] = dict(release.model_processing)
+) -> Fetched:
+    """Resolve ``name_or_repo`` once and fetch its files (steps 1-2)."""
+    kind, release = releases.resolve(name_or_repo)
+    return Fetched(_folder(name_or_repo, kind, release, revision, force_download), release)
 
 
 # ---------------------------------------------------------------------- SAELens interop
@@ -180,9 +195,9 @@ def sae_lens_loader(
     ``sae_id`` is a subfolder of that repo.
     """
     name = repo_id if folder_name in ("", ".", SAELENS_SAE_ID) else f"{repo_id}/{folder_name}"
-    where, layout = fetch(name, force_download=force_download)
-    contents = read_folder(where, dtype=(cfg_overrides or {}).get("dtype"), layout=layout)
-    apply_release_metadata(name, contents.cfg_dict)
+    contents = fetch(name, force_download=force_download).read(
+        dtype=(cfg_overrides or {}).get("dtype")
+    )
     return _full_cfg_dict(contents.cfg_dict, device), contents.state_dict, None
 
 

@@ -595,11 +595,8 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
 
         Returns the registered class the files hold (a subclass of ``cls``).
         """
-        where, layout = pretrained.fetch(
-            name_or_repo, revision=revision, force_download=force_download
-        )
-        contents = folder.read_folder(where, dtype=dtype, lazy=lazy, layout=layout)
-        pretrained.apply_release_metadata(name_or_repo, contents.cfg_dict)
+        fetched = pretrained.fetch(name_or_repo, revision=revision, force_download=force_download)
+        contents = fetched.read(dtype=dtype, lazy=lazy)
         return cls.from_folder_contents(contents, device=device)
 
     def circuit_tracer_exportable(self) -> str | None:
