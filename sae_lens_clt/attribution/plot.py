@@ -1,17 +1,23 @@
 """A matplotlib figure of a pruned attribution graph.
 
-Algorithm:
+Algorithm (``plot_graph``, one helper per step):
 
-1. Prune (``prune.py``) and keep at most ``max_nodes`` feature / error nodes, the most
-   influential ones. Embeddings sit on the bottom row, logits on the top row, features and
-   errors on their layer's row; x is the token position.
-2. Each position gets a column as wide as its most crowded (position, layer) cell needs;
-   nodes of a cell are spread across it, most influential first, crowded cells wrapping
-   onto sub-rows. Marker area grows with influence; features are circles, errors grey
-   squares, embeddings and logits labelled squares / diamonds.
-3. Edges are straight lines, blue for positive and red for negative weights, width and
-   opacity growing with ``|weight|`` relative to the target's largest input; the weakest
-   are drawn first so the strong ones stay on top.
+1. ``_select_nodes``: prune (``prune.py``) and keep at most ``max_nodes`` feature / error
+   nodes, the most influential ones. Embeddings sit on the bottom row, logits on the top
+   row, features and errors on their layer's row; x is the token position.
+2. ``_layout``: each position gets a column as wide as its most crowded (position, layer)
+   cell needs; nodes of a cell are spread across it, most influential first, crowded cells
+   wrapping onto sub-rows. The figure size follows the total width and the layer count.
+3. ``_draw_edges``: edges are straight lines, blue for positive and red for negative
+   weights, width and opacity growing with ``|weight|`` relative to the target's largest
+   input; only the strongest ``max_edges`` are drawn, the weakest first so the strong ones
+   stay on top.
+4. ``_draw_nodes``: marker area grows with influence; features are circles, errors grey
+   squares, embeddings and logits squares / diamonds; the 30 most influential features are
+   labelled.
+5. ``_draw_axes``: tokens along the bottom, the most probable logits labelled along the
+   top, one row per layer.
+6. ``_finish``: legend, title, layout, and saving to ``path`` when given.
 """
 
 from __future__ import annotations
@@ -26,9 +32,18 @@ import torch
 from sae_lens_clt.attribution.prune import PruneResult, prune_graph
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from sae_lens_clt.attribution.nodes import GraphData
+
+# node kind -> (marker, colour); also the order of the legend
+_STYLES = {
+    "feature": ("o", "tab:orange"),
+    "error": ("s", "0.6"),
+    "embedding": ("s", "tab:green"),
+    "logit": ("D", "tab:purple"),
+}
 
 
 def _short(text: str, n: int = 14) -> str:
@@ -36,42 +51,28 @@ def _short(text: str, n: int = 14) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def plot_graph(
-    graph: GraphData,
-    path: str | Path | None = None,
-    *,
-    node_threshold: float = 0.8,
-    edge_threshold: float = 0.98,
-    max_nodes: int = 200,
-    labels: Mapping[tuple[int, int], str] | None = None,
-    pruned: PruneResult | None = None,
-    title: str | None = None,
-    max_edges: int = 800,
-    per_cell_row: int = 12,
-) -> Figure:
-    """Draw the pruned graph; save it to ``path`` (png / pdf / svg) when given.
-
-    ``labels`` maps ``(layer, feature)`` to a short feature description. Returns the
-    matplotlib ``Figure``.
-    """
-    from matplotlib.collections import LineCollection
-    from matplotlib.colors import to_rgba
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-    pruned = pruned if pruned is not None else prune_graph(graph, node_threshold, edge_threshold)
-    labels = labels or {}
-    L, T = graph.n_layers, graph.n_pos
-    influence = pruned.node_influence
-    keep = pruned.node_mask.clone()
-    inner = keep[: graph.embedding_offset].nonzero()[:, 0]
+def _select_nodes(
+    graph: GraphData, pruned: PruneResult, max_nodes: int
+) -> tuple[torch.Tensor, list[int]]:
+    """Step 1: ``(keep [N] bool, indices of the kept nodes in node order)``."""
+    influence = pruned.node_influence  # [N]
+    keep = pruned.node_mask.clone()  # [N] bool
+    inner = keep[: graph.embedding_offset].nonzero()[:, 0]  # [n_inner] kept features / errors
     if inner.numel() > max_nodes:  # keep the most influential feature / error nodes
         drop = inner[torch.argsort(influence[inner], descending=True)[max_nodes:]]
         keep[drop] = False
-    nodes = keep.nonzero()[:, 0].tolist()
+    return keep, keep.nonzero()[:, 0].tolist()
 
-    # 1-2. positions: each token position gets a column as wide as its most crowded
-    # cell needs (crowded cells wrap onto sub-rows); y = row
+
+def _layout(
+    graph: GraphData, nodes: list[int], influence: torch.Tensor, per_cell_row: int
+) -> tuple[dict[int, tuple[float, float]], list[float], float]:
+    """Step 2: ``(node -> (x, y), x of each position's column centre, total width)``.
+
+    Each token position gets a column as wide as its most crowded cell needs (crowded cells
+    wrap onto sub-rows); y = row. ``influence`` is ``[N]``.
+    """
+    T = graph.n_pos
     cells: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i in nodes:
         layer, pos = graph.node_layer_pos(i)
@@ -93,19 +94,39 @@ def plot_graph(
             dx = 0.0 if n_cols == 1 else span * (col / (n_cols - 1) - 0.5)
             dy = 0.0 if n_rows == 1 else 0.5 * (row / (n_rows - 1) - 0.5)
             xy[member] = (centers[pos] + dx, layer + dy)
+    return xy, centers, sum(widths)
 
-    total = sum(widths)
-    fig = Figure(figsize=(min(40.0, max(8.0, 1.1 * total + 2)), min(24.0, max(5.0, 1.2 * L + 4))))
-    ax = fig.add_subplot(1, 1, 1)
 
-    # 3. edges: the strongest max_edges, weakest drawn first
-    edges = pruned.edge_mask.clone()
+def _new_figure(total: float, n_layers: int) -> tuple[Figure, Axes]:
+    """Step 2 (end): a figure sized for ``total`` width and ``n_layers`` rows, and its axes."""
+    from matplotlib.figure import Figure
+
+    width = min(40.0, max(8.0, 1.1 * total + 2))
+    height = min(24.0, max(5.0, 1.2 * n_layers + 4))
+    fig = Figure(figsize=(width, height))
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _draw_edges(
+    ax: Axes,
+    graph: GraphData,
+    pruned: PruneResult,
+    keep: torch.Tensor,
+    xy: Mapping[int, tuple[float, float]],
+    max_edges: int,
+) -> int:
+    """Step 3: draw the strongest ``max_edges`` edges, weakest first; returns the number of
+    pruned edges between kept nodes (``keep`` is ``[N]`` bool)."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import to_rgba
+
+    edges = pruned.edge_mask.clone()  # [N, N] bool, rows = targets
     edges[~keep] = False
     edges[:, ~keep] = False
-    tgt, src = edges.nonzero(as_tuple=True)
-    weights = graph.adjacency[tgt, src]
-    row_max = graph.adjacency.abs().max(dim=1).values.clamp(min=1e-10)
-    strength = (weights.abs() / row_max[tgt]).clamp(max=1.0)
+    tgt, src = edges.nonzero(as_tuple=True)  # [E] each
+    weights = graph.adjacency[tgt, src]  # [E]
+    row_max = graph.adjacency.abs().max(dim=1).values.clamp(min=1e-10)  # [N]
+    strength = (weights.abs() / row_max[tgt]).clamp(max=1.0)  # [E] in [0, 1]
     order = torch.argsort(strength)[-max_edges:].tolist()
     segments = [(xy[int(src[e])], xy[int(tgt[e])]) for e in order]
     colors = [
@@ -114,22 +135,27 @@ def plot_graph(
     ]
     widths = [0.3 + 2.2 * float(strength[e]) for e in order]
     ax.add_collection(LineCollection(segments, colors=colors, linewidths=widths, zorder=1))
+    return len(tgt)
 
-    # nodes
+
+def _draw_nodes(
+    ax: Axes,
+    graph: GraphData,
+    nodes: list[int],
+    influence: torch.Tensor,
+    xy: Mapping[int, tuple[float, float]],
+    labels: Mapping[tuple[int, int], str],
+) -> None:
+    """Step 4: one marker per node, the 30 most influential features labelled.
+    ``influence`` is ``[N]``."""
     infl_max = float(influence[nodes].max()) if nodes else 1.0
-    styles = {
-        "feature": ("o", "tab:orange"),
-        "error": ("s", "0.6"),
-        "embedding": ("s", "tab:green"),
-        "logit": ("D", "tab:purple"),
-    }
     labelled = sorted(
         (i for i in nodes if graph.node_kind(i) == "feature"),
         key=lambda i: -float(influence[i]),
     )[:30]
     for i in nodes:
         kind = graph.node_kind(i)
-        marker, color = styles[kind]
+        marker, color = _STYLES[kind]
         size = 25 + 260 * (float(influence[i]) / max(infl_max, 1e-10)) ** 0.5
         if kind in ("embedding", "logit"):
             size = 90
@@ -143,7 +169,17 @@ def plot_graph(
                 ha="left", fontsize=5.5, rotation=35, zorder=4,
             )  # fmt: skip
 
-    # tokens along the bottom, logits along the top
+
+def _draw_axes(
+    ax: Axes,
+    graph: GraphData,
+    nodes: list[int],
+    xy: Mapping[int, tuple[float, float]],
+    centers: list[float],
+    total: float,
+) -> None:
+    """Step 5: tokens along the bottom, logits along the top, one row per layer."""
+    L = graph.n_layers
     tok_strs = graph.metadata.get("token_strings") or [str(int(t)) for t in graph.input_tokens]
     ax.set_xticks(centers)
     ax.set_xticklabels([_short(repr(t)[1:-1]) for t in tok_strs], rotation=45, ha="right")
@@ -166,9 +202,23 @@ def plot_graph(
     ax.grid(axis="y", color="0.92", zorder=0)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
+
+
+def _finish(
+    fig: Figure,
+    ax: Axes,
+    graph: GraphData,
+    nodes: list[int],
+    n_edges: int,
+    title: str | None,
+    path: str | Path | None,
+) -> None:
+    """Step 6: legend, title, layout; save to ``path`` when given."""
+    from matplotlib.lines import Line2D
+
     legend = [
         Line2D([], [], marker=m, color="w", markerfacecolor=c, markeredgecolor="k", ms=7, label=k)
-        for k, (m, c) in styles.items()
+        for k, (m, c) in _STYLES.items()
     ] + [
         Line2D([], [], color="tab:blue", label="positive edge"),
         Line2D([], [], color="tab:red", label="negative edge"),
@@ -178,11 +228,46 @@ def plot_graph(
     n_feat = sum(graph.node_kind(i) == "feature" for i in nodes)
     prompt = graph.metadata.get("prompt") or ""
     ax.set_title(
-        title or f"{_short(prompt, 60)!r}: {n_feat} features, {len(tgt)} edges", fontsize=9,
+        title or f"{_short(prompt, 60)!r}: {n_feat} features, {n_edges} edges", fontsize=9,
         loc="right",
     )  # fmt: skip
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(str(path), dpi=150)
+
+
+def plot_graph(
+    graph: GraphData,
+    path: str | Path | None = None,
+    *,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    max_nodes: int = 200,
+    labels: Mapping[tuple[int, int], str] | None = None,
+    pruned: PruneResult | None = None,
+    title: str | None = None,
+    max_edges: int = 800,
+    per_cell_row: int = 12,
+) -> Figure:
+    """Draw the pruned graph; save it to ``path`` (png / pdf / svg) when given.
+
+    ``labels`` maps ``(layer, feature)`` to a short feature description. Returns the
+    matplotlib ``Figure``. Steps 1-6 of the module docstring.
+    """
+    pruned = pruned if pruned is not None else prune_graph(graph, node_threshold, edge_threshold)
+    influence = pruned.node_influence  # [N]
+    # 1. the nodes to draw
+    keep, nodes = _select_nodes(graph, pruned, max_nodes)
+    # 2. positions, and a figure sized for them
+    xy, centers, total = _layout(graph, nodes, influence, per_cell_row)
+    fig, ax = _new_figure(total, graph.n_layers)
+    # 3. edges
+    n_edges = _draw_edges(ax, graph, pruned, keep, xy, max_edges)
+    # 4. nodes and their labels
+    _draw_nodes(ax, graph, nodes, influence, xy, labels or {})
+    # 5. token, logit and layer axes
+    _draw_axes(ax, graph, nodes, xy, centers, total)
+    # 6. legend, title, save
+    _finish(fig, ax, graph, nodes, n_edges, title, path)
     return fig
