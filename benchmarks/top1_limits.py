@@ -19,13 +19,14 @@ import torch
 
 from sae_lens_clt import DEFAULT_CLT, CrossLayerTranscoder
 from sae_lens_clt.default_model import held_out_texts, load_model
-from sae_lens_clt.evals import replacement_hooks, token_batches_from_texts
+from sae_lens_clt.evals import token_batches_from_texts
+from sae_lens_clt.replacement import ReplacementHooks
 
 
 def scaled_hooks(clt: CrossLayerTranscoder, alpha: float, layers: set[int]) -> list:
     """Replacement hooks whose output at ``layers`` is ``y + alpha * (y_hat - y)``."""
     hooks = []
-    for name, fn in replacement_hooks(clt, "clt"):
+    for name, fn in ReplacementHooks(clt, keep_first=1).hooks():
         layer = int(name.split(".")[1])
         if name != clt.cfg.hook_out(layer):
             hooks.append((name, fn))  # the reading hooks: keep

@@ -144,7 +144,7 @@ def main() -> None:
             args.batch,
             d_sae,
             from_pretrained_path=DEFAULT_CLT,
-            skip_connection=shipped.cfg.skip_connection,
+            architecture=shipped.cfg.architecture(),
             l0_warm_up_steps=0,
             **settings,
         )

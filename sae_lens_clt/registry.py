@@ -40,6 +40,7 @@ CLT = "cross_layer_transcoder"
 SKIP_CLT = "skip_cross_layer_transcoder"
 PLT = "per_layer_transcoder"
 TOPK_CLT = "topk_cross_layer_transcoder"
+TOPK_PLT = "topk_per_layer_transcoder"
 BUILTIN_MODULE = "sae_lens_clt.transcoders"
 # where a transcoder reads and writes unless its metadata says otherwise (hook templates)
 DEFAULT_INPUT_HOOK = "blocks.{layer}.ln2.hook_normalized"

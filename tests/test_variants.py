@@ -18,6 +18,8 @@ from sae_lens_clt.transcoders import (
     SkipCrossLayerTranscoderConfig,
     TopKCrossLayerTranscoder,
     TopKCrossLayerTranscoderConfig,
+    TopKPerLayerTranscoder,
+    TopKPerLayerTranscoderConfig,
     TrainingTopKCrossLayerTranscoder,
     TrainingTopKCrossLayerTranscoderConfig,
 )
@@ -28,6 +30,7 @@ VARIANTS = {
     "plt": (PerLayerTranscoder, PerLayerTranscoderConfig, {}),
     "skip": (SkipCrossLayerTranscoder, SkipCrossLayerTranscoderConfig, {}),
     "topk": (TopKCrossLayerTranscoder, TopKCrossLayerTranscoderConfig, {"k": 6}),
+    "topk-plt": (TopKPerLayerTranscoder, TopKPerLayerTranscoderConfig, {"k": 6}),
 }
 
 
@@ -129,3 +132,31 @@ def test_round_one_cfg_json_loads_as_the_variant(name: str, tmp_path: Path) -> N
         sae_lens.SAE.load_from_disk(tmp_path)
     CrossLayerTranscoder.load_from_disk(tmp_path).save_model(tmp_path)
     assert_same_transcoder(clt, sae_lens.SAE.load_from_disk(tmp_path))
+
+
+def test_runner_flags_name_the_architecture() -> None:
+    from sae_lens_clt.training.config import CLTTrainingRunnerConfig
+
+    def arch(**kw):
+        return CLTTrainingRunnerConfig(**kw).architecture
+
+    assert arch() == registry.CLT
+    assert arch(cross_layer_decoders=False) == registry.PLT
+    assert arch(skip_connection=True) == registry.SKIP_CLT
+    assert arch(activation_fn="topk", k=4) == registry.TOPK_CLT
+    assert arch(activation_fn="topk", k=4, cross_layer_decoders=False) == registry.TOPK_PLT
+    assert arch(batch_topk=True, k=4, architecture=registry.PLT) == registry.TOPK_PLT
+
+
+def test_batch_topk_per_layer_converts_to_a_jumprelu_plt() -> None:
+    from sae_lens_clt.transcoders import (
+        TrainingTopKPerLayerTranscoder,
+        TrainingTopKPerLayerTranscoderConfig,
+    )
+
+    cfg = TrainingTopKPerLayerTranscoderConfig(n_layers=3, d_in=8, d_sae=16, k=2, batch_topk=True)
+    clt = TrainingTopKPerLayerTranscoder(cfg)
+    clt.training_losses(torch.randn(64, 3, 8), torch.randn(64, 3, 8), 0.0)
+    inference = clt.to_inference()
+    assert type(inference) is PerLayerTranscoder and inference.cfg.activation_fn == "jumprelu"
+    assert [tuple(w.shape) for w in inference.W_dec] == [(16, 1, 8)] * 3

@@ -38,7 +38,8 @@ class CLTTrainingRunnerConfig:
     n_batches_in_buffer: int | None = None  # default: a buffer of 4 training batches
     activations_mixing_fraction: float = 0.5
     # the transcoder: a registered architecture (cross_layer_transcoder, per_layer_transcoder,
-    # skip_cross_layer_transcoder, topk_cross_layer_transcoder, or one of your own)
+    # skip_cross_layer_transcoder, topk_cross_layer_transcoder, topk_per_layer_transcoder, or
+    # one of your own)
     architecture: str = registry.CLT
     d_sae: int = 1024  # features per layer
     activation_fn: str = "jumprelu"
@@ -116,11 +117,13 @@ class CLTTrainingRunnerConfig:
         # the round-1 flags name an architecture
         if self.skip_connection and self.architecture == registry.CLT:
             self.architecture = registry.SKIP_CLT
+        topk = self.activation_fn == "topk" or self.batch_topk
+        if topk and self.architecture in (registry.CLT, registry.PLT):
+            plt = self.architecture == registry.PLT or not self.cross_layer_decoders
+            self.architecture = registry.TOPK_PLT if plt else registry.TOPK_CLT
         if not self.cross_layer_decoders and self.architecture == registry.CLT:
             self.architecture = registry.PLT
-        if (self.activation_fn == "topk" or self.batch_topk) and self.architecture == registry.CLT:
-            self.architecture = registry.TOPK_CLT
-        if self.architecture == registry.TOPK_CLT:
+        if self.architecture in (registry.TOPK_CLT, registry.TOPK_PLT):
             self.activation_fn = "topk"
             if self.k is None and "k" not in self.transcoder_options:
                 problems.append(

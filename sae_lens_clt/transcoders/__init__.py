@@ -38,8 +38,12 @@ from sae_lens_clt.transcoders.skip import (
 from sae_lens_clt.transcoders.topk import (
     TopKCrossLayerTranscoder,
     TopKCrossLayerTranscoderConfig,
+    TopKPerLayerTranscoder,
+    TopKPerLayerTranscoderConfig,
     TrainingTopKCrossLayerTranscoder,
     TrainingTopKCrossLayerTranscoderConfig,
+    TrainingTopKPerLayerTranscoder,
+    TrainingTopKPerLayerTranscoderConfig,
 )
 
 
@@ -73,23 +77,31 @@ def register_builtins() -> None:
         TrainingTopKCrossLayerTranscoder,
         TrainingTopKCrossLayerTranscoderConfig,
     )
+    registry.register_architecture(
+        registry.TOPK_PLT,
+        TopKPerLayerTranscoder,
+        TopKPerLayerTranscoderConfig,
+        TrainingTopKPerLayerTranscoder,
+        TrainingTopKPerLayerTranscoderConfig,
+    )
 
 
 register_builtins()
 
 __all__ = [
     "ARCHITECTURE",
-    "register_builtins",
-    "DEFAULT_INPUT_HOOK",
-    "DEFAULT_OUTPUT_HOOK",
     "CrossLayerTranscoder",
     "CrossLayerTranscoderConfig",
+    "DEFAULT_INPUT_HOOK",
+    "DEFAULT_OUTPUT_HOOK",
     "PerLayerTranscoder",
     "PerLayerTranscoderConfig",
     "SkipCrossLayerTranscoder",
     "SkipCrossLayerTranscoderConfig",
     "TopKCrossLayerTranscoder",
     "TopKCrossLayerTranscoderConfig",
+    "TopKPerLayerTranscoder",
+    "TopKPerLayerTranscoderConfig",
     "TrainingCrossLayerTranscoder",
     "TrainingCrossLayerTranscoderConfig",
     "TrainingPerLayerTranscoder",
@@ -98,4 +110,7 @@ __all__ = [
     "TrainingSkipCrossLayerTranscoderConfig",
     "TrainingTopKCrossLayerTranscoder",
     "TrainingTopKCrossLayerTranscoderConfig",
+    "TrainingTopKPerLayerTranscoder",
+    "TrainingTopKPerLayerTranscoderConfig",
+    "register_builtins",
 ]

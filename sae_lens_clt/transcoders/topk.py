@@ -9,9 +9,12 @@
 3. **Conversion for inference** (``to_inference`` of a BatchTopK run): a batch-level rule
    cannot run on one token, so the result is a JumpReLU
    :class:`~sae_lens_clt.transcoders.clt.CrossLayerTranscoder` with threshold ``θ_l`` for
-   every feature of layer ``l`` (the conversion of crosslayer-coding and Llamascopium):
+   every feature of layer ``l`` (the conversion of crosslayer-coding and Llamascopium; a
+   per-layer TopK run becomes a JumpReLU ``PerLayerTranscoder``):
    ``z · 1[z > θ_l]`` keeps what BatchTopK keeps on a typical batch, token by token, and
    exports to circuit-tracer. A TopK run stays a :class:`TopKCrossLayerTranscoder`.
+4. :class:`TopKPerLayerTranscoder`: the same activation on per-layer decoders (to compare
+   CLTs and per-layer transcoders at equal L0).
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class TrainingTopKCrossLayerTranscoder(TopKCrossLayerTranscoder, TrainingCrossLa
     """TopK / BatchTopK training; ``to_inference`` converts BatchTopK to JumpReLU (step 3)."""
 
     cfg: TrainingTopKCrossLayerTranscoderConfig  # type: ignore[assignment]
+    jumprelu_architecture = registry.CLT  # what a BatchTopK run becomes for inference
 
     def __init__(self, cfg: TrainingTopKCrossLayerTranscoderConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term=use_error_term)
@@ -136,7 +140,7 @@ class TrainingTopKCrossLayerTranscoder(TopKCrossLayerTranscoder, TrainingCrossLa
         cfg_dict = self.cfg.get_inference_sae_cfg_dict()
         if not self.cfg.batch_topk:
             return self._inference_from(cfg_dict, {})
-        cfg_dict.update(architecture=registry.CLT, activation_fn="jumprelu")
+        cfg_dict.update(architecture=self.jumprelu_architecture, activation_fn="jumprelu")
         cfg_dict.pop("k", None)
         threshold = self.kept_threshold.to(self.dtype)[:, None].expand(-1, self.cfg.d_sae)
         return self._inference_from(cfg_dict, {"threshold": threshold.clone()})
@@ -144,3 +148,35 @@ class TrainingTopKCrossLayerTranscoder(TopKCrossLayerTranscoder, TrainingCrossLa
     def batch_topk_thresholds(self) -> dict[str, Any]:
         """The tracked per-layer thresholds θ_l and how many batches they average."""
         return {"threshold": self.kept_threshold.tolist(), "updates": int(self.threshold_updates)}
+
+
+@dataclass
+class TopKPerLayerTranscoderConfig(TopKCrossLayerTranscoderConfig):
+    """TopK features that write to their own layer only (per-layer transcoders at fixed L0)."""
+
+    @override
+    @classmethod
+    def architecture(cls) -> str:
+        return registry.TOPK_PLT
+
+    @override
+    def n_targets(self, source: int) -> int:
+        return 1
+
+
+class TopKPerLayerTranscoder(TopKCrossLayerTranscoder):
+    cfg: TopKPerLayerTranscoderConfig  # type: ignore[assignment]
+
+
+@dataclass
+class TrainingTopKPerLayerTranscoderConfig(
+    TopKPerLayerTranscoderConfig, TrainingTopKCrossLayerTranscoderConfig
+):
+    pass
+
+
+class TrainingTopKPerLayerTranscoder(TopKPerLayerTranscoder, TrainingTopKCrossLayerTranscoder):  # type: ignore[misc]
+    """TopK / BatchTopK per-layer training (BatchTopK converts to a JumpReLU PLT)."""
+
+    cfg: TrainingTopKPerLayerTranscoderConfig  # type: ignore[assignment]
+    jumprelu_architecture = registry.PLT
