@@ -196,8 +196,11 @@ def unregister_architecture(architecture: str) -> None:
         sae_registry.SAE_CLASS_REGISTRY.pop(architecture, None)
 
 
+BUILTINS = (CLT, SKIP_CLT, PLT, TOPK_CLT, TOPK_PLT)
+
+
 def _ensure_builtins() -> None:
-    if CLT in _TABLE:
+    if all(name in _TABLE for name in BUILTINS):
         return
     module = sys.modules.get(BUILTIN_MODULE)
     if module is not None and not hasattr(module, "register_builtins"):
@@ -234,23 +237,33 @@ def register_with_saelens_when_imported() -> None:
         _ensure_builtins()
         return
     if not any(isinstance(f, _AfterImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterImport("sae_lens", _ensure_builtins))
+        # a new list, never an edit in place: another thread may be walking the old one
+        sys.meta_path = [_AfterImport("sae_lens", _ensure_builtins), *sys.meta_path]
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs ``then()`` once right after module ``name`` has finished executing."""
+    """Runs ``then()`` once, right after module ``name`` has finished executing.
+
+    ``find_spec`` finds the real spec (with itself switched off, so the search does not
+    come back here) and wraps its loader; a mere lookup (``importlib.util.find_spec``) does
+    not use it up. The finder leaves ``sys.meta_path`` once the module has run.
+    """
 
     def __init__(self, name: str, then: Any) -> None:
         self.name, self.then = name, then
+        self._searching = False
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != self.name:
+        if fullname != self.name or self._searching:
             return None
-        sys.meta_path.remove(self)  # find the real spec without ourselves
-        spec = importlib.util.find_spec(fullname)
+        self._searching = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._searching = False
         if spec is None or spec.loader is None:
             return spec
-        loader, then = spec.loader, self.then
+        loader, finder = spec.loader, self
 
         class _Loader(importlib.abc.Loader):
             def __getattr__(self, name: str) -> Any:  # resources etc.: the real loader's
@@ -261,8 +274,9 @@ class _AfterImport(importlib.abc.MetaPathFinder):
 
             def exec_module(self, module: Any) -> None:
                 loader.exec_module(module)
+                sys.meta_path = [f for f in sys.meta_path if f is not finder]
                 try:
-                    then()
+                    finder.then()
                 except Exception as e:  # never break the import of SAELens itself
                     import warnings
 

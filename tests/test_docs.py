@@ -20,7 +20,10 @@ def python_blocks(page: str) -> list[str]:
 def test_contributing_a_variant_runs_and_is_short(tmp_path: Path) -> None:
     blocks = python_blocks("docs/contributing_a_variant.md")
     variant = blocks[0]
-    assert len(variant.strip().splitlines()) < 100, "the example variant must stay short"
+    n_lines = len(variant.strip().splitlines())
+    assert n_lines < 100, "the example variant must stay short"
+    page = (ROOT / "docs/contributing_a_variant.md").read_text()
+    assert f"A variant in {n_lines} lines" in page, "the heading states the example's length"
     module = types.ModuleType("contributing_a_variant")  # dataclasses need a real module
     module.tmp_path = tmp_path
     sys.modules[module.__name__] = module

@@ -45,9 +45,9 @@ def layer_of(module: str) -> int:
     raise AssertionError(f"{module} is in no layer of tests/test_structure.py: add it")
 
 
-def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """Package modules that ``path`` imports (the longest known prefix of each name)."""
-    me = module_name(path)
+def imports_of(path: Path, modules: set[str], me: str | None = None) -> set[str]:
+    """Package modules that ``path`` (module ``me``) imports (the longest known prefix of each)."""
+    me = me or module_name(path)
     package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -59,7 +59,10 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
                 base = f"{base}.{node.module}" if node.module else base
-            names = [f"{base}.{a.name}" for a in node.names] + [base]
+            # `from pkg import sub` depends on pkg.sub; `from pkg import name` on pkg itself
+            names = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+            ]
         for name in names:
             while name and name not in modules:
                 name = name.rpartition(".")[0]
@@ -71,12 +74,7 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     files = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(p) for p in files}
-    graph = {module_name(p): imports_of(p, modules) for p in files}
-    # a package imports its own submodules to re-export them: that is not a dependency of
-    # the submodules on the package (drop edges from a submodule to its own package)
-    for mod, deps in graph.items():
-        deps.difference_update({d for d in deps if mod.startswith(d + ".")})
-    return graph
+    return {module_name(p): imports_of(p, modules) for p in files}
 
 
 def test_no_import_runs_up_a_layer() -> None:
@@ -111,13 +109,23 @@ def test_no_import_circle() -> None:
             visit(mod)
 
 
-def test_the_check_sees_imports() -> None:
+def test_the_check_sees_imports(tmp_path: Path) -> None:
     """The reader finds what it should (else the two tests above prove nothing)."""
     graph = import_graph()
     assert "sae_lens_clt.formats.saelens" in graph["sae_lens_clt.transcoders.clt"]
     assert "sae_lens_clt.registry" in graph["sae_lens_clt.formats.saelens"]
     assert "sae_lens_clt.attribution.prune" in graph["sae_lens_clt.attribution.graph"]
     assert layer_of("sae_lens_clt.cli.demo") > layer_of("sae_lens_clt.attribution.paths")
+    # a name taken from a package (not a submodule) is an import of the package itself
+    fake = PACKAGE / "formats" / "_probe_for_test.py"
+    fake.write_text(
+        "from sae_lens_clt import attribute\nfrom sae_lens_clt.formats import saelens\n"
+    )
+    try:
+        modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+        assert imports_of(fake, modules) == {"sae_lens_clt", "sae_lens_clt.formats.saelens"}
+    finally:
+        fake.unlink()
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])

@@ -160,3 +160,65 @@ def test_batch_topk_per_layer_converts_to_a_jumprelu_plt() -> None:
     inference = clt.to_inference()
     assert type(inference) is PerLayerTranscoder and inference.cfg.activation_fn == "jumprelu"
     assert [tuple(w.shape) for w in inference.W_dec] == [(16, 1, 8)] * 3
+
+
+def test_topk_refuses_to_fold_decoder_norms() -> None:
+    clt = random_transcoder(TopKCrossLayerTranscoder, TopKCrossLayerTranscoderConfig, k=3)
+    with pytest.raises(NotImplementedError, match="which k features win"):
+        clt.fold_W_dec_norm()
+
+
+def test_contradictory_runner_flags_are_refused() -> None:
+    from sae_lens_clt.training.config import CLTTrainingRunnerConfig
+
+    for kw in (
+        {"skip_connection": True, "cross_layer_decoders": False},
+        {"skip_connection": True, "activation_fn": "topk", "k": 4},
+        {"architecture": registry.SKIP_CLT, "cross_layer_decoders": False},
+    ):
+        with pytest.raises(ValueError, match="skip_connection|contradicts"):
+            CLTTrainingRunnerConfig(**kw)
+
+
+def test_round_one_topk_with_skip_is_refused_clearly(tmp_path: Path) -> None:
+    import json
+
+    from sae_lens_clt.formats.errors import CLTFormatError
+
+    clt = random_transcoder(SkipCrossLayerTranscoder, SkipCrossLayerTranscoderConfig)
+    clt.save_model(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    cfg.update(architecture=registry.CLT, skip_connection=True, activation_fn="topk", k=3)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(CLTFormatError, match="TopK CLT with a skip connection"):
+        CrossLayerTranscoder.load_from_disk(tmp_path)
+
+
+def test_lazy_load_of_a_file_missing_a_decoder_names_it(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from sae_lens_clt.formats.errors import CLTFormatError
+
+    random_transcoder(CrossLayerTranscoder, CrossLayerTranscoderConfig).save_model(tmp_path)
+    weights = tmp_path / "sae_weights.safetensors"
+    tensors = load_file(weights)
+    del tensors["W_dec.2"]
+    save_file(tensors, weights)
+    with pytest.raises(CLTFormatError, match="W_dec.2"):
+        CrossLayerTranscoder.from_pretrained(str(tmp_path), lazy=True)
+
+
+def test_saelens_registration_survives_an_installed_check() -> None:
+    """``importlib.util.find_spec("sae_lens")`` before the import must not use up the hook."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.util, sae_lens_clt\n"
+        "assert importlib.util.find_spec('sae_lens') is not None\n"
+        "import sae_lens\n"
+        "from sae_lens.registry import SAE_CLASS_REGISTRY\n"
+        "assert 'per_layer_transcoder' in SAE_CLASS_REGISTRY, sorted(SAE_CLASS_REGISTRY)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -42,6 +42,12 @@ def upgrade_cfg_dict(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """
     d = dict(cfg_dict)
     if d.get("architecture") == registry.CLT:
+        if d.get("activation_fn") == "topk" and d.get("skip_connection"):
+            raise CLTFormatError(
+                "cfg.json describes a TopK CLT with a skip connection (written by sae_lens_clt "
+                "0.1): no shipped variant is both; register one (docs/contributing_a_variant.md) "
+                "or load it with sae_lens_clt 0.1 and retrain"
+            )
         if d.get("activation_fn") == "topk":
             d["architecture"] = registry.TOPK_CLT
             d.pop("activation_fn")

@@ -27,7 +27,8 @@ identity-like weights) and raises ``AssertionError`` naming the first broken pro
 10. ``attribution``: on a random model, every edge into every target (feature
     pre-activations and logits) from every node type (features, errors, embeddings) equals
     what injecting that source into the frozen model (attention patterns and norm scales
-    at their clean values, MLP outputs replaced) moves the target by.
+    at their clean values, MLP outputs replaced) moves the target by; with
+    ``max_feature_nodes`` the kept features' rows are those of the full graph.
 """
 
 from __future__ import annotations
@@ -372,7 +373,26 @@ def check_attribution(model: Any, clt: Any, n_feature_columns: int = 40) -> floa
             err = (moved - expected).abs().max().item() / scale
             assert err < 1e-4, f"an edge differs from its intervention by {err:.2e} (relative)"
             worst = max(worst, err)
+    _check_ranked_subgraph(model, clt, prompt, graph)
     return worst
+
+
+def _check_ranked_subgraph(model: Any, clt: Any, prompt: str, full: Any) -> None:
+    """With ``max_feature_nodes`` the kept features' rows equal the full graph's."""
+    from sae_lens_clt.attribution.attribute import attribute
+
+    n_keep = max(1, full.n_features // 3)
+    part = attribute(model, clt, prompt, max_feature_nodes=n_keep, batch_size=8, update_interval=1)
+    assert part.n_features == n_keep
+    index = {tuple(r): i for i, r in enumerate(full.active_features.tolist())}
+    idx = torch.tensor([index[tuple(r)] for r in part.active_features.tolist()])
+    cols = torch.cat([idx, torch.arange(full.n_features, full.n_nodes)])
+    rows = torch.cat([idx, torch.arange(full.logit_offset, full.n_nodes)])
+    part_rows = torch.cat([torch.arange(n_keep), torch.arange(part.logit_offset, part.n_nodes)])
+    scale = max(full.adjacency.abs().max().item(), 1e-6)
+    torch.testing.assert_close(
+        part.adjacency[part_rows], full.adjacency[rows][:, cols], atol=1e-5 * scale, rtol=1e-5
+    )
 
 
 def _clean_reference(model: Any, clt: Any, tokens: torch.Tensor) -> dict[str, Any]:

@@ -114,7 +114,22 @@ class CLTTrainingRunnerConfig:
             )
         if self.n_checkpoints and not self.checkpoint_path:
             problems.append("n_checkpoints > 0 needs a checkpoint_path")
-        # the round-1 flags name an architecture
+        # the round-1 flags name an architecture; combinations no architecture holds are refused
+        topk_flag = self.activation_fn == "topk" or self.batch_topk
+        if self.skip_connection and (not self.cross_layer_decoders or topk_flag):
+            problems.append(
+                "skip_connection=True goes with cross-layer JumpReLU / ReLU decoders only (no "
+                "shipped variant is a per-layer or TopK transcoder with a skip connection)"
+            )
+        flagged = {registry.SKIP_CLT} if self.skip_connection else set()
+        if not self.cross_layer_decoders:
+            flagged.add(registry.PLT)
+        if self.architecture not in (registry.CLT, *flagged) and flagged and not topk_flag:
+            problems.append(
+                f"architecture={self.architecture!r} contradicts the flags "
+                f"(skip_connection={self.skip_connection}, "
+                f"cross_layer_decoders={self.cross_layer_decoders}): drop the flags"
+            )
         if self.skip_connection and self.architecture == registry.CLT:
             self.architecture = registry.SKIP_CLT
         topk = self.activation_fn == "topk" or self.batch_topk

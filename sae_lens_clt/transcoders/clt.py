@@ -40,6 +40,7 @@ from sae_lens_clt import registry
 from sae_lens_clt.formats import circuit_tracer, folder, saelens
 from sae_lens_clt.formats.errors import CLTFormatError
 from sae_lens_clt.formats.lazy import LazyDecoder
+from sae_lens_clt.formats.safetensors import tensor_shapes
 from sae_lens_clt.loading import pretrained
 from sae_lens_clt.transcoders.sparse import SparseDecode, layer_slices
 
@@ -542,13 +543,17 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         for s in range(L):
             state[f"W_dec.{s}"] = torch.empty(F, cfg.n_targets(s), do, dtype=dtype, device="meta")
         saelens.check_state_dict(state, cfg.expected_shapes(), source, cfg.describe())
-        lazy = LazyDecoder(sources, F, do, dtype, device)
-        for s, (path, name) in enumerate(sources):
-            if lazy.widths[s] != cfg.n_targets(s):
+        if len(sources) != L:
+            raise CLTFormatError(f"{source}: {len(sources)} decoder tensors for {L} layers")
+        for s, (path, name) in enumerate(sources):  # the decoders stay on disk: check headers
+            shape = tensor_shapes(path).get(name)
+            if shape != (F, cfg.n_targets(s), do):
                 raise CLTFormatError(
-                    f"{path}: tensor {name!r} writes to {lazy.widths[s]} layers, expected "
-                    f"{cfg.n_targets(s)}"
+                    f"{path}: decoder tensor {name!r} is "
+                    f"{'missing' if shape is None else list(shape)}, expected "
+                    f"{[F, cfg.n_targets(s), do]} ({cfg.describe()})"
                 )
+        lazy = LazyDecoder(sources, F, do, dtype, device)
         cfg.device = "meta"
         clt = cls(cfg)
         cfg.device = device

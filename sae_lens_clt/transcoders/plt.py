@@ -5,7 +5,8 @@ The same encoder as a CLT; the decoder of layer ``s`` is a single block ``W_dec[
 is ever allocated. Everything else (attribution, interventions, evals, training, both file
 layouts) comes from :class:`~sae_lens_clt.transcoders.clt.CrossLayerTranscoder` through
 ``targets`` / ``sources``. In circuit-tracer's CLT layout the cross-layer blocks are written
-as zeros, which circuit-tracer computes with exactly.
+as zeros, which circuit-tracer computes with exactly; that layout has no per-layer kind, so
+the export reads back as a ``CrossLayerTranscoder`` (the SAELens layout keeps the class).
 """
 
 from __future__ import annotations

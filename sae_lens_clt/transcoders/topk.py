@@ -70,6 +70,13 @@ class TopKCrossLayerTranscoder(CrossLayerTranscoder):
     def circuit_tracer_exportable(self) -> str | None:
         return "circuit-tracer's layout stores JumpReLU or ReLU CLTs, not TopK"
 
+    @override
+    def fold_W_dec_norm(self) -> None:
+        raise NotImplementedError(
+            "folding decoder norms into a TopK CLT's encoder would change which k features "
+            "win (the outputs would change): a TopK CLT keeps its decoder norms"
+        )
+
 
 @dataclass
 class TrainingTopKCrossLayerTranscoderConfig(
