@@ -71,14 +71,20 @@ def to_tokens(model: HookedTransformer, prompt: Prompt) -> torch.Tensor:
             raise ValueError(
                 "prompt is a string but the model has no tokenizer: pass token ids instead"
             )
-        tokens = model.to_tokens(prompt, prepend_bos=True)[0].cpu()
+        tokens = model.to_tokens(prompt, prepend_bos=True, truncate=False)[0].cpu()
     else:
         tokens = torch.as_tensor(prompt, dtype=torch.long).flatten().cpu()
     bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None
     if bos is not None and (tokens.numel() == 0 or int(tokens[0]) != bos):
         tokens = torch.cat([torch.tensor([bos]), tokens])
     if tokens.numel() < 2:
-        raise ValueError("the prompt needs at least one token after BOS")
+        raise ValueError("the prompt is empty: it needs at least one token after BOS")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and tokens.numel() > n_ctx:
+        raise ValueError(
+            f"the prompt is {tokens.numel()} tokens (BOS included) but the model's context is "
+            f"{n_ctx} tokens — shorten the prompt (nothing is truncated silently)"
+        )
     return tokens
 
 

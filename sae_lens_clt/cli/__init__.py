@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from sae_lens_clt.cli.errors import run_reporting
+
 # subcommand modules, each with add_parser(subparsers)
 SUBCOMMAND_MODULES = [
     "sae_lens_clt.cli.demo",
@@ -26,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-lens-clt",
         description="Cross-layer transcoders for SAELens: train, load, trace, publish.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback when a command fails"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    return run_reporting(args.func, args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -109,9 +108,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from sae_lens_clt.attribution.attribute import attribute, to_tokens
+    from sae_lens_clt.cli.errors import UsageError, check_device, check_out_dir
     from sae_lens_clt.labels import from_pretrained_with_labels
     from sae_lens_clt.loading.releases import DEFAULT_CLT
 
+    out = check_out_dir(args.out)
+    check_device(args.device)
+    if not args.prompt.strip():
+        raise UsageError("--prompt is empty — give the text to trace")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -132,7 +136,6 @@ def run(args: argparse.Namespace) -> int:
         max_feature_nodes=args.max_feature_nodes,
         batch_size=args.batch_size,
     )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pruned = graph.prune(args.node_threshold, args.edge_threshold)
     graph.save(out / f"{args.slug}.safetensors")

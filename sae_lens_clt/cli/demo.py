@@ -55,6 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_lens_clt.cli.errors import check_out_dir
+
+    check_out_dir(args.out)
     run_demo(args.out, clt_name=args.clt)
     return 0
 

@@ -9,10 +9,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "info",
         help="print a CLT's configuration and tensor shapes",
-        description="Print a CLT's configuration and tensor shapes. Without --path, builds "
+        description="Print a CLT's configuration and tensor shapes. Without NAME, builds "
         "a small random CLT and runs one encode / decode on random input.",
     )
-    p.add_argument("--path", help="a CLT folder (SAELens or circuit-tracer layout)")
+    p.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        help="a release name, an org/repo[/subfolder] Hub id or a CLT folder (any layout)",
+    )
+    p.add_argument("--path", help="a CLT folder (same as NAME)")
     p.add_argument("--n-layers", type=int, default=4)
     p.add_argument("--d-model", type=int, default=128)
     p.add_argument("--d-sae", type=int, default=512, help="features per layer")
@@ -23,10 +29,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from sae_lens_clt.cli.errors import UsageError, check_device
     from sae_lens_clt.transcoders import CrossLayerTranscoder, CrossLayerTranscoderConfig
 
-    if args.path:
-        clt = CrossLayerTranscoder.load_from_disk(args.path, device=args.device)
+    check_device(args.device)
+    if args.name and args.path:
+        raise UsageError("give NAME or --path, not both")
+    if args.name or args.path:
+        clt = CrossLayerTranscoder.from_pretrained(args.name or args.path, device=args.device)
     else:
         cfg = CrossLayerTranscoderConfig(
             n_layers=args.n_layers, d_in=args.d_model, d_sae=args.d_sae, device=args.device

@@ -28,8 +28,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_lens_clt.cli.errors import UsageError, check_out_dir
     from sae_lens_clt.publish import push_to_hub
     from sae_lens_clt.transcoders import CrossLayerTranscoder
+
+    if args.repo_id.count("/") != 1:
+        raise UsageError(f"REPO_ID {args.repo_id!r} is not 'org/name' — e.g. me/my-clt")
+    if args.out:
+        check_out_dir(args.out)
 
     clt = CrossLayerTranscoder.from_pretrained(args.path)
     if args.model_name:

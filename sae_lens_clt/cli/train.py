@@ -106,9 +106,11 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sae_lens_clt.cli.errors import check_device
     from sae_lens_clt.training.runner import CLTTrainingRunner
 
     cfg = config_from_args(args)
+    check_device(cfg.device)
     try:
         runner = CLTTrainingRunner(cfg)
     except ValueError as e:

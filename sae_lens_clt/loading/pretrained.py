@@ -43,7 +43,11 @@ def _split_hub_id(name: str) -> tuple[str, str]:
 
 
 def _fetch_hub(
-    repo_id: str, subfolder: str, revision: str | None, force_download: bool = False
+    repo_id: str,
+    subfolder: str,
+    revision: str | None,
+    force_download: bool = False,
+    suggest: bool = True,
 ) -> Path:
     """Download (or find in the cache) the files of one layout; return their folder."""
     from huggingface_hub import hf_hub_download, snapshot_download
@@ -87,7 +91,7 @@ def _fetch_hub(
         raise UnknownCLTError(
             f"{where}: not in the local Hugging Face cache and the Hub cannot be reached "
             f"(HF_HUB_OFFLINE is set or there is no network): run once online to cache it, "
-            f"or pass a local folder.{releases.hint(repo_id)} ({e})"
+            f"or pass a local folder.{releases.hint(repo_id) if suggest else ''} ({e})"
         ) from e
     folder = Path(root) / prefix
     if not (folder / "W_enc_0.safetensors").is_file() and not gemma_scope_2.is_gemma_scope_2(
@@ -128,8 +132,12 @@ def _folder(
     folder = release.local_folder()
     if folder is None:
         assert release.repo_id is not None
-        return _fetch_hub(
-            release.repo_id, release.subfolder, revision or release.revision, force_download
+        return _fetch_hub(  # a registered name: no "closest names" for it
+            release.repo_id,
+            release.subfolder,
+            revision or release.revision,
+            force_download,
+            suggest=False,
         )
     if not folder.is_dir():
         if release.name == releases.DEFAULT_CLT:

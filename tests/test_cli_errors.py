@@ -1,0 +1,88 @@
+"""A catalogue of CLI mistakes: each ends in one line on stderr and a non-zero exit status."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sae_lens_clt.cli import main
+
+LONG_PROMPT = " ".join(["the capital of the state"] * 40)  # > 128 tokens of the default model
+
+
+def cases(tmp: Path) -> list[tuple[list[str], str]]:
+    a_file = tmp / "a_file.txt"
+    a_file.write_text("x")
+    bad_yaml = tmp / "bad.yaml"
+    bad_yaml.write_text("learning_rate: 1\n")
+    attribute = ["attribute", "--out", str(tmp / "out")]
+    return [
+        ([*attribute, "--prompt", ""], r"--prompt is empty"),
+        ([*attribute, "--prompt", "   "], r"--prompt is empty"),
+        (
+            ["attribute", "--prompt", "hi", "--out", str(a_file)],
+            r"--out .* is a file — give a folder",
+        ),
+        ([*attribute, "--prompt", "hi", "--device", "cuda"], r"no CUDA GPU — use --device cpu"),
+        (
+            [*attribute, "--prompt", "hi", "--device", "gpu0"],
+            r"--device 'gpu0' is not a torch device",
+        ),
+        (
+            [*attribute, "--prompt", LONG_PROMPT, "--clt", "random"],
+            r"prompt is \d+ tokens .* context is 128",
+        ),
+        ([*attribute, "--prompt", "hi", "--clt", str(tmp / "no_such_clt")], r"no_such_clt"),
+        ([*attribute, "--prompt", "hi", "--max-n-logits", "0"], r"max_n_logits >= 1"),
+        (["info", str(tmp / "missing")], r"missing"),
+        (["info", str(tmp)], r"holds no CLT"),
+        (["info", "--device", "cuda"], r"no CUDA GPU"),
+        (["push", str(tmp), "noslash"], r"REPO_ID 'noslash' is not 'org/name'"),
+        (["push", "sae-lens-clt/tiny-states-clt", "me/x", "--out", str(a_file)], r"is a file"),
+        (["list", "--releases", str(tmp / "none.yaml")], r"cannot read release file"),
+        (["train", "--config", str(tmp / "none.yaml")], r"--config .*: file not found"),
+        (
+            ["train", "--config", str(bad_yaml)],
+            r"unknown CLTTrainingRunnerConfig field.*learning_rate",
+        ),
+        (["train", "--import", "no_such_plugin_module"], r"--import no_such_plugin_module"),
+        (["train", "--device", "cuda", "--training-tokens", "1024"], r"no CUDA GPU"),
+        (["demo", "--out", str(a_file)], r"is a file"),
+    ]
+
+
+def test_every_mistake_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the CUDA cases need a machine without a GPU")
+    catalogue = cases(tmp_path)
+    assert len(catalogue) >= 12
+    for argv, expected in catalogue:
+        status = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert status != 0, argv
+        assert "Traceback" not in err and len(err.splitlines()) == 1, (argv, err)
+        assert err.startswith("sae-lens-clt: error: "), (argv, err)
+        assert re.search(expected, err), (argv, err)
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="holds no CLT"):
+        main(["--debug", "info", str(tmp_path)])
+
+
+def test_argparse_mistakes_are_short_too(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["no-such-command"], ["train", "--lr", "fast"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and "error:" in err.splitlines()[-1]
+
+
+def test_info_takes_a_release_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "sae-lens-clt/tiny-states-clt"]) == 0
+    assert "CrossLayerTranscoder(n_layers=4" in capsys.readouterr().out
