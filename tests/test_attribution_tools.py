@@ -268,3 +268,13 @@ def test_prune_real_graph_invariants() -> None:
     assert graph.prune(0.5, 0.9).node_mask.sum() <= nodes.sum()
     scores = graph.scores()
     assert 0.0 <= scores.replacement <= 1.0 and 0.0 <= scores.completeness <= 1.0
+
+
+def test_prune_result_prints_in_one_line() -> None:
+    from tests.test_attribution import build
+
+    model, clt, prompt = build("standard-pos")
+    pruned = attribute(model, clt, prompt).prune()
+    text = repr(pruned)
+    assert "\n" not in text and text.startswith("PruneResult(nodes kept ")
+    assert f"edges kept {int(pruned.edge_mask.sum())}" in text

@@ -36,6 +36,12 @@ class PruneResult(NamedTuple):
     node_influence: torch.Tensor  # [N] influence on the logits (unpruned graph)
     cumulative_scores: torch.Tensor  # [N] share of total influence up to this node's rank
 
+    def __repr__(self) -> str:
+        return (
+            f"PruneResult(nodes kept {int(self.node_mask.sum())} of {int(self.node_mask.numel())}, "
+            f"edges kept {int(self.edge_mask.sum())})"
+        )
+
 
 class GraphScores(NamedTuple):
     replacement: float
