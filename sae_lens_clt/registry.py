@@ -221,6 +221,18 @@ def registration(architecture: str) -> Registration:
     return _TABLE[architecture]
 
 
+def registration_of(cls: type) -> Registration:
+    """The registration whose inference class is ``cls``."""
+    _ensure_builtins()
+    for reg in _TABLE.values():
+        if reg.cls is cls:
+            return reg
+    raise ValueError(
+        f"{cls.__module__}.{cls.__qualname__} is not registered: call "
+        "sae_lens_clt.register_architecture(name, cls, config_cls) first"
+    )
+
+
 def architectures() -> list[str]:
     """Every registered architecture name."""
     _ensure_builtins()

@@ -65,7 +65,7 @@ def read_cfg_dict(folder: Path) -> dict[str, Any]:
         return saelens.read_cfg(folder)
     if layout == CIRCUIT_TRACER:
         return circuit_tracer.read_cfg_dict(folder)
-    return gemma_scope_2.read(folder, None)[0]
+    return gemma_scope_2.read_cfg_dict(folder)
 
 
 def read_folder(

@@ -36,7 +36,7 @@ from sae_lens_clt.formats.circuit_tracer import CONFIG_FILENAME as CT_CONFIG_FIL
 from sae_lens_clt.formats.circuit_tracer import hook_from_circuit_tracer
 from sae_lens_clt.formats.circuit_tracer import read_config as read_ct_config
 from sae_lens_clt.formats.errors import CLTFormatError
-from sae_lens_clt.formats.safetensors import read_tensors, tensor_shapes
+from sae_lens_clt.formats.safetensors import dtype_name, read_tensors, tensor_dtype, tensor_shapes
 
 LAYOUT = "gemma_scope_2"
 
@@ -65,8 +65,9 @@ def resolve_file(entry: str, folder: Path) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(cfg_dict, state_dict)`` of a Gemma Scope 2 CLT folder (steps 1-3)."""
+def _layout(folder: Path) -> tuple[list[Path], dict[str, tuple[int, ...]], dict[str, Any]]:
+    """``(layer files, tensor shapes every file must have, cfg_dict)`` from ``config.yaml``
+    and layer 0's header (steps 1-2; no tensor data is read)."""
     config = read_ct_config(folder)
     source = str(folder / CT_CONFIG_FILENAME)
     files = [resolve_file(str(e), folder) for e in config["transcoders"]]
@@ -93,6 +94,38 @@ def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[
     skip = "affine_skip_connection" in shapes
     if skip:
         want["affine_skip_connection"] = (d_in, d_in)
+    metadata: dict[str, Any] = {
+        "model_name": config.get("model_name"),
+        "hook_name": hook_from_circuit_tracer(
+            config.get("feature_input_hook", "hook_resid_mid"), source
+        ),
+        "hook_name_out": hook_from_circuit_tracer(
+            config.get("feature_output_hook", "hook_mlp_out"), source
+        ),
+    }
+    cfg_dict = {
+        "architecture": registry.SKIP_CLT if skip else registry.CLT,
+        "n_layers": L,
+        "d_in": d_in,
+        "d_out": d_in,
+        "d_sae": d_sae,
+        "activation_fn": "jumprelu",
+        "dtype": dtype_name(tensor_dtype(files[0], "w_enc")),
+        "metadata": metadata,
+    }
+    return files, want, cfg_dict
+
+
+def read_cfg_dict(folder: Path) -> dict[str, Any]:
+    """Our config dict of a Gemma Scope 2 CLT folder, from headers only."""
+    return _layout(folder)[2]
+
+
+def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(cfg_dict, state_dict)`` of a Gemma Scope 2 CLT folder (steps 1-3)."""
+    files, want, cfg_dict = _layout(folder)
+    source = str(folder / CT_CONFIG_FILENAME)
+    L = len(files)
     layers = []
     for i, path in enumerate(files):
         got = tensor_shapes(path) if path.is_file() else None
@@ -117,25 +150,6 @@ def read(folder: Path, dtype: torch.dtype | None) -> tuple[dict[str, Any], dict[
     }
     for i, p in enumerate(layers):
         state[f"W_dec.{i}"] = p["w_dec"].to(dt)
-    if skip:
+    if "affine_skip_connection" in want:
         state["W_skip"] = torch.stack([p["affine_skip_connection"] for p in layers]).to(dt)
-    metadata: dict[str, Any] = {
-        "model_name": config.get("model_name"),
-        "hook_name": hook_from_circuit_tracer(
-            config.get("feature_input_hook", "hook_resid_mid"), source
-        ),
-        "hook_name_out": hook_from_circuit_tracer(
-            config.get("feature_output_hook", "hook_mlp_out"), source
-        ),
-    }
-    cfg_dict = {
-        "architecture": registry.SKIP_CLT if skip else registry.CLT,
-        "n_layers": L,
-        "d_in": d_in,
-        "d_out": d_in,
-        "d_sae": d_sae,
-        "activation_fn": "jumprelu",
-        "dtype": str(dt).removeprefix("torch."),
-        "metadata": metadata,
-    }
-    return cfg_dict, state
+    return dict(cfg_dict, dtype=dtype_name(dt)), state

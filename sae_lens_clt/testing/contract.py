@@ -456,14 +456,16 @@ def _injected_targets(
         seen[hook.name] = act
         return act
 
+    acts = ref["acts"][None].expand(K, -1, -1, -1)  # [K, T, L, F], frozen at clean values
+    clean = clt.decode(ref["acts"], ref["x"])  # [T, L, d_out]
+
     def mlp_out(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
         # the replacement MLP with every feature frozen at its clean value: whatever else
         # decode reads of the current input (a skip term) follows it
         new = ref["y"][:, layer] + out[:, :, layer]
         x_now = ref["x"][None].repeat(K, 1, 1, 1)  # [K, T, L, d_in]
         x_now[:, :, layer] = seen[clt.cfg.hook_in(layer)].to(clt.dtype)
-        acts = ref["acts"][None].expand(K, -1, -1, -1)
-        drift = clt.decode(acts, x_now)[:, :, layer] - clt.decode(acts, ref["x"][None])[:, :, layer]
+        drift = clt.decode(acts, x_now)[:, :, layer] - clean[:, layer]
         return (new + drift).to(act.dtype)
 
     hooks: list[tuple[str, Any]] = [(n, freeze) for n in ref["frozen"]]

@@ -133,8 +133,7 @@ class CrossLayerTranscoderConfig(SAEConfig):
                 raise ValueError(
                     f"architecture is {arch!r}, expected {cls.architecture()!r}: {e}"
                 ) from e
-            if other.config_class is not cls and cls.architecture() != arch:
-                return other.config_class.from_dict(d)
+            return other.config_class.from_dict(d)
         known = {f for f in cls.__dataclass_fields__ if f != "metadata"}
         res = cls(**{k: v for k, v in d.items() if k in known})
         if "metadata" in d:
@@ -503,7 +502,7 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
     ) -> CrossLayerTranscoder:
         """Build from a config dict and a state dict; with ``decoder_sources`` the decoder
         stays on disk (a :class:`~sae_lens_clt.formats.lazy.LazyDecoder`)."""
-        config_class = registry.registration(cls_arch(cls)).config_class
+        config_class = registry.registration_of(cls).config_class
         try:
             cfg = config_class.from_dict(cfg_dict)
         except (TypeError, ValueError) as e:
@@ -660,14 +659,3 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
             f"d_sae={c.d_sae}, activation_fn={c.activation_fn!r}, dtype={c.dtype}, "
             f"device={c.device})"
         )
-
-
-def cls_arch(cls: type) -> str:
-    """The architecture a transcoder class is registered under (from its config class)."""
-    for arch in registry.architectures():
-        if registry.registration(arch).cls is cls:
-            return arch
-    raise ValueError(
-        f"{cls.__module__}.{cls.__qualname__} is not registered: call "
-        "sae_lens_clt.register_architecture(name, cls, config_cls) first"
-    )
