@@ -2,16 +2,18 @@
 
 Algorithm:
 
-1. Run the model over a sample of text; encode every position with the CLT and keep, for
-   each feature, its ``top_k`` largest activations with the token and a short context
-   around it, and how often it fires.
-2. Read each feature's direct effect on the logits: its decoder vectors pushed through
-   the unembedding, ``Σ_{t >= s} W_dec[s -> t] @ W_U`` (the final norm scale left out), and
-   keep the tokens it promotes most.
-3. Label: the token that dominates its top activations (``"Texas"``), or the two most
-   common ones (``"Texas/Houston"``); plus ``→ Austin`` when its strongest promoted output
-   token stands out from the rest (z-score above ``say_z``).
-4. Labels are cached as ``feature_labels.json`` next to the CLT, so that the demo and the
+1. The feature dashboards (:mod:`sae_lens_clt.dashboards`) over a sample of text: each
+   feature's ``top_k`` largest activations with their token windows, how often it fires,
+   and the output tokens its decoders promote through the unembedding (z-scores over the
+   vocabulary).
+2. Label (:func:`make_label`) = what it reads, then what it says:
+   - reads: the token that dominates its top activations (``"Texas"``), else the two most
+     common ones (``"Texas/Houston"``); prefixed ``dense`` when it fires on more than
+     ``dense`` of all tokens (such a feature says little about a prompt);
+   - says: ``→ Austin`` for the promoted output tokens whose z-score passes ``say_z`` (at
+     most two: ``→ Austin/Texas``), else the token (of 3 characters or more) that follows
+     the activating one in at least half of its top contexts (what it precedes in the data).
+3. Labels are cached as ``feature_labels.json`` next to the CLT, so that the demo and the
    graph JSON (``clerp``) read them without recomputing.
 """
 
@@ -19,154 +21,114 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from sae_lens_clt.evals import cache_clt_io, token_batches_from_texts
+from sae_lens_clt.dashboards import (
+    DashboardSettings,
+    DashboardState,
+    compute_dashboards,
+    output_tokens,
+)
+from sae_lens_clt.evals import token_batches_from_texts
 from sae_lens_clt.formats.atomic import atomic_write_json
 from sae_lens_clt.loading import pretrained
+from sae_lens_clt.registry import Transcoder
 from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 
 LABELS_FILENAME = "feature_labels.json"
+N_PROMOTED = 5
 
 
-def _tok(model: HookedTransformer, token_id: int) -> str:
-    return model.tokenizer.decode([token_id]) if model.tokenizer else str(token_id)
-
-
-@torch.no_grad()
-def top_activations(
-    model: HookedTransformer,
-    clt: CrossLayerTranscoder,
-    token_batches: Iterable[torch.Tensor],
-    top_k: int = 8,
-) -> dict[str, Any]:
-    """Top activations of every feature over ``token_batches`` (each ``[B, T]``).
-
-    Returns ``values [k, L*F]``, ``where [k, L*F, 2]`` (global row, position), the rows
-    ``tokens [n_rows, T]`` and ``frequency [L*F]`` (share of positions ≥ 1 it fires on).
-    """
-    L, F = clt.cfg.n_layers, clt.cfg.d_sae
-    values = torch.full((top_k, L * F), -1.0)
-    where = torch.zeros(top_k, L * F, 2, dtype=torch.long)
-    fired = torch.zeros(L * F)
-    rows: list[torch.Tensor] = []
-    n_pos = 0
-    for tokens in tqdm(list(token_batches), desc="feature activations", leave=False):
-        _, x, _ = cache_clt_io(model, clt, tokens)
-        acts = clt.encode(x).float()  # [B, T, L, F]
-        acts[:, 0] = 0  # BOS is not explained
-        B, T = tokens.shape
-        flat = acts.reshape(B * T, L * F)
-        fired += (flat > 0).sum(0).float()
-        n_pos += B * (T - 1)
-        k = min(top_k, flat.shape[0])
-        v, i = flat.topk(k, dim=0)  # [k, L*F]
-        offset = sum(r.shape[0] for r in rows)  # global row index of this batch's first row
-        pos = torch.stack([i // T + offset, i % T], dim=-1)
-        rows.append(tokens.cpu())
-        cat_v = torch.cat([values, v])
-        cat_w = torch.cat([where, pos])
-        best = cat_v.topk(top_k, dim=0).indices  # [k, L*F]
-        values = cat_v.gather(0, best)
-        where = cat_w.gather(0, best[..., None].expand(-1, -1, 2))
-    return {
-        "values": values,
-        "where": where,
-        "tokens": torch.cat(rows),
-        "frequency": fired / max(1, n_pos),
-    }
-
-
-@torch.no_grad()
-def promoted_tokens(
-    model: HookedTransformer, clt: CrossLayerTranscoder, top_n: int = 5, chunk: int = 512
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens each feature's decoder promotes most through the unembedding.
-
-    Returns ``(token_ids [L*F, top_n], z_scores [L*F, top_n])``.
-    """
-    L, F = clt.cfg.n_layers, clt.cfg.d_sae
-    W_U = model.W_U.float()  # [d_model, V]
-    ids, zs = [], []
-    for s in range(L):
-        for start in range(0, F, chunk):
-            feats = torch.arange(start, min(F, start + chunk))
-            direct = clt.decoder_rows(s, feats).float().sum(1)  # [n, d_out]: Σ_t W_dec[s->t]
-            logits = direct @ W_U  # [n, V]
-            logits = logits - logits.mean(-1, keepdim=True)
-            z = logits / logits.std(-1, keepdim=True).clamp(min=1e-8)
-            top = z.topk(top_n, dim=-1)
-            ids.append(top.indices)
-            zs.append(top.values)
-    return torch.cat(ids), torch.cat(zs)
+def _clean(token: str) -> str:
+    return token.strip() or repr(token)
 
 
 def make_label(
-    top_tokens: list[str], promoted: list[str], promoted_z: list[float], say_z: float = 4.0
+    top_tokens: list[str],
+    promoted: list[str],
+    promoted_z: list[float],
+    say_z: float = 4.0,
+    *,
+    next_tokens: list[str] | None = None,
+    frequency: float = 0.0,
+    dense: float = 0.5,
 ) -> str:
-    """A short label from a feature's top-activating tokens and its promoted outputs."""
-    counts = Counter(t.strip() or repr(t) for t in top_tokens)
+    """A short label from a feature's top-activating tokens, its promoted outputs (with
+    their z-scores), the tokens that follow its top activations, and its firing rate."""
+    counts = Counter(_clean(t) for t in top_tokens)
     if not counts:
         return "(never fires)"
     (first, n_first), *rest = counts.most_common(2)
     reads = first if n_first * 2 >= len(top_tokens) or not rest else f"{first}/{rest[0][0]}"
-    if promoted and promoted_z[0] >= say_z:
-        return f"{reads} → {promoted[0].strip() or repr(promoted[0])}"
-    return reads
+    if frequency > dense:
+        reads = f"dense {reads}"
+    says = [_clean(t) for t, z in zip(promoted, promoted_z, strict=False) if z >= say_z][:2]
+    if not says and next_tokens:
+        (after, n_after), *_ = Counter(_clean(t) for t in next_tokens).most_common(1)
+        if n_after * 2 >= len(next_tokens) and len(after) >= 3:  # not "is", ".", ","
+            says = [after]
+    return f"{reads} → {'/'.join(says)}" if says else reads
+
+
+def labels_from_dashboards(
+    model: HookedTransformer,
+    clt: Transcoder,
+    state: DashboardState,
+    settings: DashboardSettings,
+    *,
+    n_contexts: int = 4,
+    context_before: int = 6,
+) -> dict[str, Any]:
+    """Step 2 for every feature, from a dashboard ``state``."""
+    decode = model.tokenizer.decode if model.tokenizer else (lambda ids: " ".join(map(str, ids)))
+    top_ids, top_z, _, _ = output_tokens(model, clt, N_PROMOTED)
+    L, F = clt.cfg.n_layers, clt.cfg.d_sae
+    centre = settings.before
+    features: dict[str, Any] = {}
+    for j in range(L * F):
+        layer, feat = divmod(j, F)
+        values = state.top_values[:, j]
+        n = int((values > 0).sum())
+        windows = state.top_tokens[:n, j].tolist()  # [n, W], -1 outside the row
+        toks = [decode([w[centre]]) for w in windows]
+        nexts = [decode([w[centre + 1]]) for w in windows if centre + 1 < len(w) and w[centre + 1] >= 0]
+        contexts = [
+            decode([t for t in w[centre - context_before : centre] if t >= 0]) + f"[[{tok}]]"
+            for w, tok in zip(windows[:n_contexts], toks, strict=False)
+        ]
+        promoted = [decode([int(t)]) for t in top_ids[j]]
+        z = [round(float(v), 2) for v in top_z[j]]
+        frequency = float(state.fired[j]) / max(1, state.n_positions)
+        features[f"{layer}:{feat}"] = {
+            "label": make_label(toks, promoted, z, next_tokens=nexts, frequency=frequency),
+            "top_tokens": toks,
+            "top_activations": [round(v, 4) for v in values[:n].tolist()],
+            "contexts": contexts,
+            "promotes": promoted,
+            "promote_z": z,
+            "frequency": round(frequency, 6),
+        }
+    return {"version": 2, "n_positions": state.n_positions, "clt": repr(clt), "features": features}
 
 
 def compute_labels(
     model: HookedTransformer,
-    clt: CrossLayerTranscoder,
+    clt: Transcoder,
     texts: list[str],
     *,
     context_size: int = 64,
     batch_size: int = 16,
-    top_k: int = 8,
-    window: int = 6,
+    top_k: int = 20,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Labels for every feature from ``texts``; see the module docstring."""
     batches = token_batches_from_texts(model, texts, context_size, batch_size)
-    top = top_activations(model, clt, batches, top_k=top_k)
-    prom_ids, prom_z = promoted_tokens(model, clt)
-    L, F = clt.cfg.n_layers, clt.cfg.d_sae
-    features: dict[str, Any] = {}
-    rows = top["tokens"]
-    for j in range(L * F):
-        layer, feat = divmod(j, F)
-        toks, contexts = [], []
-        for v, (r, p) in zip(
-            top["values"][:, j].tolist(), top["where"][:, j].tolist(), strict=True
-        ):
-            if v <= 0:
-                continue
-            toks.append(_tok(model, int(rows[r, p])))
-            lo = max(1, p - window)
-            before = model.tokenizer.decode(rows[r, lo:p].tolist()) if model.tokenizer else ""
-            contexts.append(f"{before}[[{toks[-1]}]]")
-        promoted = [_tok(model, int(t)) for t in prom_ids[j]]
-        z = [round(float(v), 2) for v in prom_z[j]]
-        features[f"{layer}:{feat}"] = {
-            "label": make_label(toks, promoted, z),
-            "top_tokens": toks,
-            "top_activations": [round(v, 4) for v in top["values"][:, j].tolist() if v > 0],
-            "contexts": contexts[:4],
-            "promotes": promoted,
-            "promote_z": z,
-            "frequency": round(float(top["frequency"][j]), 6),
-        }
-    return {
-        "version": 1,
-        "n_positions": int(rows.numel()),
-        "clt": repr(clt),
-        "features": features,
-    }
+    settings = DashboardSettings(top_k=top_k)
+    state = compute_dashboards(model, clt, batches, settings, progress=progress)
+    return labels_from_dashboards(model, clt, state, settings)
 
 
 def save_labels(labels: dict[str, Any], folder: str | Path) -> Path:
@@ -197,6 +159,15 @@ def from_pretrained_with_labels(
 ) -> tuple[CrossLayerTranscoder, dict[tuple[int, int], str]]:
     """``CrossLayerTranscoder.from_pretrained`` plus the feature labels cached next to the
     CLT (``{}`` if none), fetching the folder once."""
+    clt, labels, _ = load_with_labels(name_or_repo, device=device)
+    return clt, labels
+
+
+def load_with_labels(
+    name_or_repo: str, *, device: str = "cpu"
+) -> tuple[CrossLayerTranscoder, dict[tuple[int, int], str], str]:
+    """:func:`from_pretrained_with_labels` plus the CLT's scan name (the folder of its
+    feature files, the graph JSON's ``metadata.scan``)."""
     fetched = pretrained.fetch(name_or_repo)
     clt = CrossLayerTranscoder.from_folder_contents(fetched.read(), device=device)
-    return clt, label_map(load_labels(fetched.folder))
+    return clt, label_map(load_labels(fetched.folder)), fetched.scan

@@ -21,6 +21,8 @@ SUBCOMMAND_MODULES = [
     "sae_lens_clt.cli.attribute",
     "sae_lens_clt.cli.list",
     "sae_lens_clt.cli.push",
+    "sae_lens_clt.cli.serve",
+    "sae_lens_clt.cli.features",
 ]
 
 

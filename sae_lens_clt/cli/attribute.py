@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sae_lens_clt.attribution.attribute import attribute, to_tokens
     from sae_lens_clt.cli.errors import UsageError, check_device, check_out_dir
-    from sae_lens_clt.labels import from_pretrained_with_labels
+    from sae_lens_clt.labels import load_with_labels
     from sae_lens_clt.loading.releases import DEFAULT_CLT
 
     out = check_out_dir(args.out)
@@ -124,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
     if clt_name == "random":
         clt = random_clt(model, to_tokens(model, args.prompt), d_sae=args.d_sae)
         labels: dict[tuple[int, int], str] = {}
+        scan = None
     else:
-        clt, labels = from_pretrained_with_labels(clt_name, device=args.device)
+        clt, labels, scan = load_with_labels(clt_name, device=args.device)
     t_load = time.perf_counter() - t0
     graph = attribute(
         model,
@@ -145,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         edge_threshold=args.edge_threshold,
         pruned=pruned,
         labels=labels,
+        scan=scan,
     )
     graph.plot(out / f"{args.slug}.png", pruned=pruned, labels=labels)
     scores = graph.scores()

@@ -12,6 +12,9 @@ Algorithm (:func:`run_demo`, one named step each):
    (frozen attention) and watch P(" Austin") fall.
 5. :func:`steer_city`: from the city's position on, set the features to the values
    " San Jose" gives them in the same prompt and watch " Sacramento" take over.
+6. :func:`feature_files`: dashboards of the graph's features (top contexts, density,
+   promoted / suppressed tokens) over a sample of the default corpus, in
+   ``features/<scan>/`` next to the graph JSON, so that ``sae-lens-clt serve`` shows them.
 """
 
 from __future__ import annotations
@@ -70,19 +73,21 @@ def single_token(model: Any, word: str) -> int:
     return int(ids[0])
 
 
-def load_default(clt_name: str | None) -> tuple[Any, Any, dict, str]:
-    """Step 1: ``(model, clt, labels, clt name)``."""
+def load_default(clt_name: str | None) -> tuple[Any, Any, dict, str, str]:
+    """Step 1: ``(model, clt, labels, clt name, scan name)``."""
     from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
-    from sae_lens_clt.labels import from_pretrained_with_labels
+    from sae_lens_clt.labels import load_with_labels
     from sae_lens_clt.loading.releases import DEFAULT_CLT
 
     model = load_model(DEFAULT_MODEL)
     clt_name = clt_name or DEFAULT_CLT  # any CLT of the default model: name, Hub id, folder
-    clt, labels = from_pretrained_with_labels(clt_name)
-    return model, clt, labels, clt_name
+    clt, labels, scan = load_with_labels(clt_name)
+    return model, clt, labels, clt_name, scan
 
 
-def trace(model: Any, clt: Any, prompt: str, labels: dict, out: Path) -> tuple[Any, Any, Any, dict]:
+def trace(
+    model: Any, clt: Any, prompt: str, labels: dict, out: Path, scan: str | None = None
+) -> tuple[Any, Any, Any, dict]:
     """Step 2: ``(graph, pruned, scores, files written)``."""
     from sae_lens_clt.attribution.attribute import attribute
 
@@ -94,7 +99,7 @@ def trace(model: Any, clt: Any, prompt: str, labels: dict, out: Path) -> tuple[A
         "json": str(out / "graph.json"),
         "figure": str(out / "graph.png"),
     }
-    graph.to_json(out / "graph.json", labels=labels, pruned=pruned, slug="dallas-austin")
+    graph.to_json(out / "graph.json", labels=labels, pruned=pruned, scan=scan)
     graph.plot(out / "graph.png", labels=labels, pruned=pruned, title=prompt)
     return graph, pruned, scores, files
 
@@ -153,6 +158,24 @@ def steer_city(model: Any, clt: Any, prompt: str, clean: Any, city_pos: int):
     return clean.clean_logits[-1].softmax(-1), steered.logits[-1].softmax(-1), len(swap)
 
 
+def feature_files(
+    model: Any, clt: Any, graph: Any, pruned: Any, out: Path, scan: str, n_docs: int = 600
+) -> Path:
+    """Step 6: the feature files of the pruned graph's features; returns their folder."""
+    from sae_lens_clt.dashboards import compute_dashboards, write_feature_files
+    from sae_lens_clt.default_model import corpus, load_default_dataset
+    from sae_lens_clt.evals import token_batches_from_texts
+
+    texts = load_default_dataset("train", natural=corpus.find_natural_text())["text"][:n_docs]
+    batches = token_batches_from_texts(model, texts, context_size=64, batch_size=32)
+    state = compute_dashboards(model, clt, batches, progress=False)
+    kept = pruned.node_mask[: graph.n_features].nonzero()[:, 0]
+    feats = [(int(graph.active_features[i, 0]), int(graph.active_features[i, 2])) for i in kept]
+    return write_feature_files(
+        model, clt, state, out / "features", scan=scan, features=feats, progress=False
+    )
+
+
 def run_demo(
     out_dir: str | Path = "demo_out", verbose: bool = True, clt_name: str | None = None
 ) -> DemoResult:
@@ -163,12 +186,12 @@ def run_demo(
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model, clt, labels, clt_name = load_default(clt_name)
+    model, clt, labels, clt_name, scan = load_default(clt_name)
     say(f"model {DEFAULT_MODEL}: {model.cfg.n_layers} layers, d_model {model.cfg.d_model}")
     say(f"CLT {clt_name}: {clt.cfg.d_sae} features per layer; {len(labels)} labels cached")
 
     prompt = PROMPT.format(city=SOURCE_CITY)
-    graph, pruned, scores, files = trace(model, clt, prompt, labels, out)
+    graph, pruned, scores, files = trace(model, clt, prompt, labels, out, scan)
     dec = model.tokenizer.decode
     tok_strs = [dec([int(t)]) for t in graph.input_tokens]
     top = list(
@@ -215,8 +238,10 @@ def run_demo(
         f"{probs_after[top_a]:.1%}; P({TARGET_ANSWER!r}) "
         f"{probs_before[target_id]:.1%} -> {probs_after[target_id]:.1%}"
     )
+    files["features"] = str(feature_files(model, clt, graph, pruned, out, scan))
     seconds = time.perf_counter() - t0
     say(f"\nWrote {', '.join(files.values())} in {seconds:.1f}s")
+    say(f"Open the graph in the viewer: sae-lens-clt serve {out}")
     return DemoResult(
         top_predictions=top,
         replacement_score=scores.replacement,

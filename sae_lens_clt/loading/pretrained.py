@@ -160,6 +160,17 @@ class Fetched:
 
     folder: Path
     release: releases.Release | None
+    name: str = ""  # what the user asked for
+
+    @property
+    def scan(self) -> str:
+        """The name feature files and graph JSON know this CLT by (their ``scan``): the
+        release name, else the Hub id, else the folder's name."""
+        if self.release is not None:
+            return self.release.name
+        if Path(self.name).expanduser().is_dir():
+            return Path(self.name).expanduser().resolve().name
+        return self.name or self.folder.name
 
     @property
     def layout(self) -> str | None:
@@ -185,7 +196,8 @@ def fetch(
 ) -> Fetched:
     """Resolve ``name_or_repo`` once and fetch its files (steps 1-2)."""
     kind, release = releases.resolve(name_or_repo)
-    return Fetched(_folder(name_or_repo, kind, release, revision, force_download), release)
+    folder = _folder(name_or_repo, kind, release, revision, force_download)
+    return Fetched(folder, release, name_or_repo)
 
 
 # ---------------------------------------------------------------------- SAELens interop

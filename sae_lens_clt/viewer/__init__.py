@@ -1,0 +1,1 @@
+"""The local graph viewer: ``sae-lens-clt serve DIR`` (see :mod:`.server`)."""
