@@ -333,7 +333,9 @@ def write_feature_files(
     logits = output_tokens(model, clt, settings.n_logits)
     vocab = _Vocab(model)
     wanted = (
-        range(clt.cfg.n_layers * F) if features is None else sorted({l * F + f for l, f in features})
+        range(clt.cfg.n_layers * F)
+        if features is None
+        else sorted({layer * F + f for layer, f in features})
     )
     for j in tqdm(wanted, desc="feature files", disable=not progress):
         record = feature_record(state, j, F, vocab, logits, scan, settings)

@@ -94,7 +94,9 @@ def labels_from_dashboards(
         n = int((values > 0).sum())
         windows = state.top_tokens[:n, j].tolist()  # [n, W], -1 outside the row
         toks = [decode([w[centre]]) for w in windows]
-        nexts = [decode([w[centre + 1]]) for w in windows if centre + 1 < len(w) and w[centre + 1] >= 0]
+        nexts = [
+            decode([w[centre + 1]]) for w in windows if centre + 1 < len(w) and w[centre + 1] >= 0
+        ]
         contexts = [
             decode([t for t in w[centre - context_before : centre] if t >= 0]) + f"[[{tok}]]"
             for w, tok in zip(windows[:n_contexts], toks, strict=False)

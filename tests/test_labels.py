@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from sae_lens_clt.evals import cache_clt_io, token_batches_from_texts
 from sae_lens_clt.labels import (
     compute_labels,
@@ -22,7 +20,9 @@ def test_make_label() -> None:
     assert make_label([" a", " b", " a", " b", " c"], [" x"], [1.0]) == "a/b"
     assert make_label([], [" x"], [9.0]) == "(never fires)"
     assert make_label([" a"] * 3, [" x"], [9.0, 8.0], frequency=0.9) == "dense a → x"
-    assert make_label([" and"] * 4, [" x"], [1.0], next_tokens=[" then"] * 3 + [" so"]) == "and → then"
+    assert (
+        make_label([" and"] * 4, [" x"], [1.0], next_tokens=[" then"] * 3 + [" so"]) == "and → then"
+    )
     assert make_label([" and"] * 4, [" x"], [1.0], next_tokens=[" is"] * 4) == "and"  # too short
     two = make_label([" is"] * 2, [" Austin", " Texas", " Ohio"], [6.0, 4.5, 4.1])
     assert two == "is → Austin/Texas"

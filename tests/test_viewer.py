@@ -70,7 +70,11 @@ def test_server_lists_graphs_and_refuses_escapes(graph_dir: Path) -> None:
             if other.startswith("127."):
                 raise OSError("no other interface")
             socket.create_connection((other, port), timeout=1)
-        for bad in ("/data/../graphs", "/data/%2e%2e/%2e%2e/etc/passwd", "/features/../dallas.json"):
+        for bad in (
+            "/data/../graphs",
+            "/data/%2e%2e/%2e%2e/etc/passwd",
+            "/features/../dallas.json",
+        ):
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(server.url.rstrip("/") + bad)
             assert e.value.code == 404
@@ -118,7 +122,11 @@ def test_viewer_in_headless_chromium(graph_dir: Path, browser, tmp_path: Path) -
 
         graph = json.loads((folder / "dallas.json").read_text())
         feature = min(
-            (n for n in graph["nodes"] if n["feature_type"] == "cross layer transcoder" and n["clerp"]),
+            (
+                n
+                for n in graph["nodes"]
+                if n["feature_type"] == "cross layer transcoder" and n["clerp"]
+            ),
             key=lambda n: n["influence"],
         )
         node_id = feature["node_id"]

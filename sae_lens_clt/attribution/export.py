@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from sae_lens_clt.attribution.prune import PruneResult, prune_graph
 from sae_lens_clt.formats.atomic import atomic_write_json
 
@@ -114,6 +116,37 @@ GRAPH_JSON_SCHEMA: dict[str, Any] = {
 def cantor_pairing(x: int, y: int) -> int:
     """Unique integer for a pair of non-negative integers (circuit-tracer's feature id)."""
     return (x + y) * (x + y + 1) // 2 + y
+
+
+def node_index(graph: GraphData, node: int | str | tuple[int, int, int]) -> int:
+    """The node-table index of ``node``: an index, a graph-JSON ``node_id`` (``"0_253_8"``
+    feature, ``"0_-1_8"`` error, ``"E_791_8"`` embedding, ``"5_4001_8"`` logit) or a
+    feature's ``(layer, pos, feature)``."""
+    if isinstance(node, int):
+        if not 0 <= node < graph.n_nodes:
+            raise ValueError(f"node index {node} is outside the graph's {graph.n_nodes} nodes")
+        return node
+    if isinstance(node, str):
+        parts = node.split("_")
+        if len(parts) != 3:
+            raise ValueError(f"{node!r} is not a graph-JSON node id like '0_253_8'")
+        first, second, pos = parts[0], int(parts[1]), int(parts[2])
+        if first == "E":
+            return graph.embedding_offset + pos
+        if int(first) == graph.n_layers + 1:
+            hits = (graph.logit_token_ids == second).nonzero()[:, 0]
+            if not len(hits):
+                raise ValueError(f"{node!r}: token {second} is not among the graph's logits")
+            return graph.logit_offset + int(hits[0])
+        if second == -1:
+            return graph.error_index(int(first), pos)
+        node = (int(first), pos, second)
+    wanted = torch.tensor(node, dtype=graph.active_features.dtype)
+    hits = (graph.active_features == wanted).all(dim=1).nonzero()[:, 0]
+    if not len(hits):
+        layer, pos, feat = node
+        raise ValueError(f"feature {feat} of layer {layer} is not active at position {pos}")
+    return int(hits[0])
 
 
 def _token_text(token: str) -> str:

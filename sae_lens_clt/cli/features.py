@@ -121,9 +121,7 @@ def run(args: argparse.Namespace) -> int:
         )
     settings = DashboardSettings(top_k=args.top_k, dataset=f"{args.dataset}:{args.split}:{n}")
     out.mkdir(parents=True, exist_ok=True)
-    state = compute_dashboards(
-        model, clt, batches, settings, state_dir=out, n_batches=len(batches)
-    )
+    state = compute_dashboards(model, clt, batches, settings, state_dir=out, n_batches=len(batches))
     folder = write_feature_files(model, clt, state, out, scan=fetched.scan, settings=settings)
     print(
         f"{clt.cfg.n_layers * clt.cfg.d_sae} feature files for {fetched.scan} from "
