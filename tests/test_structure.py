@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("sae_lens_clt.transcoders.sparse", "sae_lens_clt.replacement"),
     ("sae_lens_clt.transcoders",),
     ("sae_lens_clt.evals", "sae_lens_clt.publish", "sae_lens_clt.attribution"),
+    ("sae_lens_clt.dashboards", "sae_lens_clt.viewer"),  # read graphs and features
     ("sae_lens_clt.labels", "sae_lens_clt.training"),
     ("sae_lens_clt.testing",),
     ("sae_lens_clt.cli",),
