@@ -59,6 +59,7 @@ _STYLES = {
 _FONT = 7.0  # label font size, points
 _LEFT, _RIGHT, _BOTTOM, _TOP = 0.8, 0.3, 1.0, 0.8  # figure margins, inches
 _COL_MIN = 0.75  # narrowest position column, inches
+_GAP = 3.0 / 72  # least horizontal space between two labels, inches
 
 Member = int | str | tuple[int, int, int]  # node index, JSON node id, or (layer, pos, feature)
 
@@ -250,13 +251,16 @@ def _new_figure(total: float, n_rows: int, row_height: float) -> tuple[Figure, A
 
 
 # ---------------------------------------------------------------------- 3. edges, 4. nodes
-def _draw_edges(ax: Axes, disp: _Display, max_edges: int) -> int:
-    """Step 3: draw the strongest ``max_edges`` display edges; returns how many were drawn."""
+def _draw_edges(ax: Axes, disp: _Display, max_edges: int) -> tuple[int, set[bool]]:
+    """Step 3: draw the strongest ``max_edges`` display edges.
+
+    Returns how many were drawn and the signs among them (``True`` for positive).
+    """
     from matplotlib.collections import LineCollection
     from matplotlib.colors import to_rgba
 
     if not disp.edges:
-        return 0
+        return 0, set()
     keys = list(disp.edges)
     weights = torch.tensor([disp.edges[k] for k in keys])  # [E]
     row_max: dict[int, float] = defaultdict(float)
@@ -276,7 +280,7 @@ def _draw_edges(ax: Axes, disp: _Display, max_edges: int) -> int:
     ]
     widths = [0.25 + 2.0 * float(strength[e]) ** 1.5 for e in order]
     ax.add_collection(LineCollection(segments, colors=colors, linewidths=widths, zorder=1))
-    return len(order)
+    return len(order), {bool(weights[e] > 0) for e in order}
 
 
 def _draw_nodes(ax: Axes, disp: _Display) -> None:
@@ -343,7 +347,7 @@ def _place_labels(
     named.sort(key=lambda d: (d.kind != "supernode", -d.influence))
     for d in named:
         text = _short(d.label)
-        w = _text_width(text) / 72 + 2 * pad
+        w = _text_width(text) / 72 + 2 * _GAP  # keep a gap to the neighbours' labels
         r = (d.size**0.5) / 2 / 72
         x, y = d.xy[0], inch_y(d.xy[1])
         spots = [(0.0, r + pad), (0.0, -r - pad - h)]  # above, below
@@ -368,6 +372,7 @@ def _finish(
     centers: list[float],
     total: float,
     n_edges: int,
+    edge_signs: set[bool],
     title: str | None,
     path: str | Path | None,
 ) -> None:
@@ -396,8 +401,12 @@ def _finish(
         for k, (m, c) in _STYLES.items()
         if k in kinds
     ] + [
-        Line2D([], [], color="tab:blue", label="positive edge"),
-        Line2D([], [], color="tab:red", label="negative edge"),
+        Line2D([], [], color=color, label=f"{sign} edge")
+        for positive, color, sign in (
+            (True, "tab:blue", "positive"),
+            (False, "tab:red", "negative"),
+        )
+        if positive in edge_signs
     ]
     W, H = fig.get_size_inches()
     fig.legend(handles=legend, loc="upper left", fontsize=7, frameon=False, ncol=len(legend),
@@ -406,7 +415,7 @@ def _finish(
     prompt = graph.metadata.get("prompt") or ""
     head = title or repr(_short(prompt, 70))
     fig.text(
-        _LEFT / W, 1 - 0.35 / H, f"{head}   ({n_feat} nodes, {n_edges} edges drawn)",
+        _LEFT / W, 1 - 0.35 / H, f"{head}   ({n_feat} features, {n_edges} edges drawn)",
         fontsize=9, va="top",
     )  # fmt: skip
     if path is not None:
@@ -458,9 +467,9 @@ def plot_graph(
     centers, total = _layout(disp, graph, node_gap, logit_labels)
     fig, ax = _new_figure(total, graph.n_layers + 2, row_height)
     # 3. edges, 4. nodes, 5. labels
-    n_edges = _draw_edges(ax, disp, max_edges)
+    n_edges, edge_signs = _draw_edges(ax, disp, max_edges)
     _draw_nodes(ax, disp)
     _place_labels(ax, disp, graph, logit_labels, row_height, total)
     # 6. axes, legend, title, save
-    _finish(fig, ax, graph, disp, centers, total, n_edges, title, path)
+    _finish(fig, ax, graph, disp, centers, total, n_edges, edge_signs, title, path)
     return fig
