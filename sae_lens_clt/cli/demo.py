@@ -159,14 +159,19 @@ def steer_city(model: Any, clt: Any, prompt: str, clean: Any, city_pos: int):
 
 
 def feature_files(
-    model: Any, clt: Any, graph: Any, pruned: Any, out: Path, scan: str, n_docs: int = 600
+    model: Any, clt: Any, graph: Any, pruned: Any, out: Path, scan: str, n_docs: int = 300
 ) -> Path:
-    """Step 6: the feature files of the pruned graph's features; returns their folder."""
+    """Step 6: the feature files of the pruned graph's features; returns their folder.
+
+    The contexts come from ``n_docs`` held-out fact documents and (when the natural text is
+    cached) a third as many held-out natural ones, about half of the text each.
+    """
     from sae_lens_clt.dashboards import compute_dashboards, write_feature_files
-    from sae_lens_clt.default_model import corpus, load_default_dataset
+    from sae_lens_clt.default_model import held_out_texts
     from sae_lens_clt.evals import token_batches_from_texts
 
-    texts = load_default_dataset("train", natural=corpus.find_natural_text())["text"][:n_docs]
+    held = held_out_texts(n_docs)
+    texts = held["facts"] + held.get("natural", [])[: n_docs // 3]
     batches = token_batches_from_texts(model, texts, context_size=64, batch_size=32)
     state = compute_dashboards(model, clt, batches, progress=False)
     kept = pruned.node_mask[: graph.n_features].nonzero()[:, 0]
