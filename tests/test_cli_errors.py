@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import re
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from sae_lens_clt.cli import main
+from tests.test_attribution_tools import hand_graph
 
 LONG_PROMPT = " ".join(["the capital of the state"] * 40)  # > 128 tokens of the default model
 
 
-def cases(tmp: Path) -> list[tuple[list[str], str]]:
+def cases(tmp: Path, busy_port: int) -> list[tuple[list[str], str]]:
     a_file = tmp / "a_file.txt"
     a_file.write_text("x")
     bad_yaml = tmp / "bad.yaml"
     bad_yaml.write_text("learning_rate: 1\n")
     attribute = ["attribute", "--out", str(tmp / "out")]
+    graphs = tmp / "graphs"
+    hand_graph().to_json(graphs / "hand.json")
     return [
         ([*attribute, "--prompt", ""], r"--prompt is empty"),
         ([*attribute, "--prompt", "   "], r"--prompt is empty"),
@@ -50,6 +55,13 @@ def cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["train", "--import", "no_such_plugin_module"], r"--import no_such_plugin_module"),
         (["train", "--device", "cuda", "--training-tokens", "1024"], r"no CUDA GPU"),
         (["demo", "--out", str(a_file)], r"is a file"),
+        ([*attribute, "--prompt", "hi", "--model", "gpt-2"], r"not a TransformerLens .*gpt2"),
+        (["serve", str(tmp / "no_graphs")], r"no_graphs is not a folder"),
+        (["serve", str(tmp), "--port", "99999"], r"--port 99999 is not a port"),
+        (["serve", str(tmp)], r"holds no graph JSON — write one with `sae-lens-clt attribute`"),
+        (["serve", str(graphs), "--port", str(busy_port)], r"cannot listen .* another --port"),
+        (["features", "--out", str(a_file)], r"--out .* is a file"),
+        (["features", "--clt", str(tmp / "no_clt"), "--out", str(tmp / "f")], r"no_clt"),
     ]
 
 
@@ -58,15 +70,18 @@ def test_every_mistake_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
 
     if torch.cuda.is_available():
         pytest.skip("the CUDA cases need a machine without a GPU")
-    catalogue = cases(tmp_path)
-    assert len(catalogue) >= 12
-    for argv, expected in catalogue:
-        status = main(argv)
-        err = capsys.readouterr().err.strip()
-        assert status != 0, argv
-        assert "Traceback" not in err and len(err.splitlines()) == 1, (argv, err)
-        assert err.startswith("sae-lens-clt: error: "), (argv, err)
-        assert re.search(expected, err), (argv, err)
+    with socket.socket() as busy:  # a port something else listens on
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        catalogue = cases(tmp_path, busy.getsockname()[1])
+        assert len(catalogue) >= 12
+        for argv, expected in catalogue:
+            status = main(argv)
+            err = capsys.readouterr().err.strip()
+            assert status != 0, argv
+            assert "Traceback" not in err and len(err.splitlines()) == 1, (argv, err)
+            assert err.startswith("sae-lens-clt: error: "), (argv, err)
+            assert re.search(expected, err), (argv, err)
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
@@ -86,3 +101,43 @@ def test_argparse_mistakes_are_short_too(capsys: pytest.CaptureFixture[str]) -> 
 def test_info_takes_a_release_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "sae-lens-clt/tiny-states-clt"]) == 0
     assert "CrossLayerTranscoder(n_layers=4" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", ["HF_HUB_OFFLINE", "no network"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["info", "org/not-cached"],
+        ["info", "mntss/clt-gemma-2-2b-426k"],  # a registered name: never "closest names"
+        ["attribute", "--prompt", "hi", "--model", "gpt2"],
+    ],
+)
+def test_the_hub_offline_fails_in_seconds_with_one_message(
+    argv: list[str], how: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Offline, a name that is not cached fails at once. "no network" patches only the
+    network call itself (the socket connect of the reachability probe)."""
+    from huggingface_hub import constants
+
+    from sae_lens_clt.loading import hub
+    from sae_lens_clt.testing import offline_hub_cache
+
+    hub.hub_reachable.cache_clear()
+    if how == "no network":
+
+        def unreachable(*args, **kwargs):
+            raise OSError("Network is unreachable")
+
+        monkeypatch.setattr(socket, "create_connection", unreachable)
+    with offline_hub_cache(tmp_path / "hub") as _:
+        if how == "no network":
+            monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        start = time.perf_counter()
+        status = main([*argv, "--out", str(tmp_path / "out")] if argv[0] == "attribute" else argv)
+        elapsed = time.perf_counter() - start
+    hub.hub_reachable.cache_clear()
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and len(err.splitlines()) == 1, err
+    assert re.search(r"not in the local Hugging Face cache and .* run once online", err), err
+    assert "Closest" not in err and "closest" not in err
+    assert elapsed < 5.0, f"{argv} took {elapsed:.1f} s offline"

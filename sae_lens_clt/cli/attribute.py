@@ -57,11 +57,50 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_model_by_name(name: str | None, device: str) -> HookedTransformer:
-    """The embedded default model (or any TransformerLens name) via ``load_model``."""
-    from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
+def check_model_name(name: str) -> None:
+    """``--model``: a TransformerLens model name (or alias), else a short error with the
+    closest names (TransformerLens' own error lists every model it knows)."""
+    import difflib
 
-    return load_model(name or DEFAULT_MODEL, device=device)
+    from transformer_lens import loading_from_pretrained as tl_loading
+
+    from sae_lens_clt.cli.errors import UsageError
+
+    known = [*tl_loading.OFFICIAL_MODEL_NAMES]
+    known += [a for aliases in tl_loading.MODEL_ALIASES.values() for a in aliases]
+    if name.lower() in {k.lower() for k in known}:
+        return
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    suggestion = f"closest: {', '.join(close)}" if close else "e.g. gpt2, google/gemma-2-2b"
+    raise UsageError(
+        f"--model {name!r} is not a TransformerLens model name ({suggestion}) — "
+        "or omit --model for the embedded default"
+    )
+
+
+def load_model_by_name(name: str | None, device: str) -> HookedTransformer:
+    """The embedded default model (or any TransformerLens name) via ``load_model``.
+
+    A model from the Hub loads in offline mode when the Hub cannot be reached, so a model
+    missing from the cache fails at once with one message instead of minutes of retries.
+    """
+    from sae_lens_clt.default_model import DEFAULT_MODEL, load_model
+    from sae_lens_clt.loading.hub import offline_unless_reachable
+
+    if name in (None, DEFAULT_MODEL):
+        return load_model(DEFAULT_MODEL, device=device)
+    check_model_name(name)
+    with offline_unless_reachable() as offline:
+        try:
+            return load_model(name, device=device)
+        except OSError as e:
+            if not offline:
+                raise
+            raise OSError(
+                f"model {name!r} is not in the local Hugging Face cache and "
+                "the Hub cannot be reached (or HF_HUB_OFFLINE is set) — run once online to "
+                "cache it, or use the embedded default (no --model)"
+            ) from e
 
 
 def random_clt(

@@ -32,6 +32,7 @@ from sae_lens_clt.formats.errors import CLTFormatError
 from sae_lens_clt.formats.folder import FolderContents, read_folder
 from sae_lens_clt.hooks import recorded_processing
 from sae_lens_clt.loading import releases
+from sae_lens_clt.loading.hub import offline_unless_reachable
 from sae_lens_clt.loading.releases import UnknownCLTError
 
 SAELENS_SAE_ID = "clt"  # the sae_id meaning "the whole CLT" in sae_lens.SAE.from_pretrained
@@ -50,9 +51,8 @@ def _fetch_hub(
     suggest: bool = True,
 ) -> Path:
     """Download (or find in the cache) the files of one layout; return their folder."""
-    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
-        EntryNotFoundError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
@@ -64,23 +64,10 @@ def _fetch_hub(
     where = f"{repo_id}{'/' + prefix.rstrip('/') if prefix else ''}" + (
         f"@{revision}" if revision else ""
     )
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
     try:
-        try:
-            cfg = Path(hf_hub_download(repo_id, prefix + saelens.CFG_FILENAME, **kw))
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            cfg = None  # not the SAELens layout (or not cached): try circuit-tracer's
-        if cfg is not None:
-            hf_hub_download(repo_id, prefix + saelens.WEIGHTS_FILENAME, **kw)
-            return cfg.parent
-        root = snapshot_download(
-            repo_id,
-            allow_patterns=[
-                prefix + circuit_tracer.CONFIG_FILENAME,
-                prefix + "W_enc_*.safetensors",
-                prefix + "W_dec_*.safetensors",
-            ],
-            **kw,
-        )
+        with offline_unless_reachable():
+            folder = _download_one_layout(repo_id, prefix, kw)
     except RepositoryNotFoundError as e:
         raise releases.unknown_name_error(
             repo_id, f"no Hub repository {repo_id!r} (or it is private/gated)"
@@ -89,16 +76,12 @@ def _fetch_hub(
         raise UnknownCLTError(f"{where}: revision {revision!r} not found on the Hub") from e
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         raise UnknownCLTError(
-            f"{where}: not in the local Hugging Face cache and the Hub cannot be reached "
-            f"(HF_HUB_OFFLINE is set or there is no network): run once online to cache it, "
-            f"or pass a local folder.{releases.hint(repo_id) if suggest else ''} ({e})"
+            f"{where}: not in the local Hugging Face cache and {why} — run once online to "
+            f"cache it, or pass a local folder.{releases.hint(repo_id) if suggest else ''}"
         ) from e
-    folder = Path(root) / prefix
-    if not (folder / "W_enc_0.safetensors").is_file() and not gemma_scope_2.is_gemma_scope_2(
-        folder
-    ):
-        from huggingface_hub import constants
-
+    is_saelens = (folder / saelens.CFG_FILENAME).is_file()
+    is_ct = (folder / "W_enc_0.safetensors").is_file() or gemma_scope_2.is_gemma_scope_2(folder)
+    if not (is_saelens or is_ct):
         offline = " (offline: only files already in the cache are seen)" * bool(
             constants.HF_HUB_OFFLINE
         )
@@ -108,6 +91,24 @@ def _fetch_hub(
             f"subfolder{offline}"
         )
     return folder
+
+
+def _download_one_layout(repo_id: str, prefix: str, kw: dict[str, Any]) -> Path:
+    """Step 2's downloads: the SAELens layout when ``cfg.json`` exists, else
+    circuit-tracer's; returns the folder that holds them."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        cfg = Path(hf_hub_download(repo_id, prefix + saelens.CFG_FILENAME, **kw))
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        cfg = None  # not the SAELens layout (or not cached): try circuit-tracer's
+    if cfg is not None:
+        hf_hub_download(repo_id, prefix + saelens.WEIGHTS_FILENAME, **kw)
+        return cfg.parent
+    patterns = [circuit_tracer.CONFIG_FILENAME, "W_enc_*.safetensors", "W_dec_*.safetensors"]
+    root = snapshot_download(repo_id, allow_patterns=[prefix + p for p in patterns], **kw)
+    return Path(root) / prefix
 
 
 def _folder(
