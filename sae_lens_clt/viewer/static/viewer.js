@@ -66,6 +66,12 @@ function nodeName(node) {
   return node.clerp || `logit ${node.feature}`;
 }
 
+// a node's name and, when it says more, its label (a logit's name is its label)
+function nodeTitle(node) {
+  const name = nodeName(node);
+  return node.clerp && node.clerp !== name ? `${name} · ${node.clerp}` : name;
+}
+
 function shortText(text, n = 16) {
   return text.length <= n ? text : text.slice(0, n - 1) + '…';
 }
@@ -190,8 +196,13 @@ function render() {
   root.replaceChildren();
   const geo = layout(graph);
   state.xy = geo.xy;
-  root.setAttribute('width', geo.width);
-  root.setAttribute('height', geo.height);
+  // fit the pane's width (never below 60 % scale: wider graphs scroll instead)
+  root.setAttribute('viewBox', `0 0 ${geo.width} ${geo.height}`);
+  root.style.width = '100%';
+  root.style.minWidth = `${Math.round(geo.width * 0.6)}px`;
+  root.style.maxWidth = `${Math.round(geo.width * 1.25)}px`;
+  root.removeAttribute('width');
+  root.removeAttribute('height');
   drawAxes(root, graph, geo);
   drawEdges(root, graph);
   drawNodes(root, graph);
@@ -219,7 +230,7 @@ function linkList(title, links, other) {
     const li = html('li', { 'data-id': node.node_id });
     li.appendChild(html('span', { class: link.weight > 0 ? 'pos' : 'neg' },
       `${link.weight > 0 ? '+' : ''}${link.weight.toPrecision(3)} `));
-    li.appendChild(document.createTextNode(`${nodeName(node)} ${node.clerp ? '· ' + node.clerp : ''}`));
+    li.appendChild(document.createTextNode(nodeTitle(node)));
     li.addEventListener('click', () => select(node.node_id));
     ul.appendChild(li);
   }
@@ -341,7 +352,7 @@ function renderSubgraph() {
     const li = html('li', { 'data-id': id });
     const box = html('input', { type: 'checkbox', value: id });
     li.appendChild(box);
-    li.appendChild(document.createTextNode(` ${nodeName(node)} ${node.clerp ? '· ' + node.clerp : ''}`));
+    li.appendChild(document.createTextNode(` ${nodeTitle(node)}`));
     list.appendChild(li);
   }
   if (!state.pinned.size) list.appendChild(html('li', { class: 'hint' }, 'no pinned nodes'));
