@@ -122,7 +122,7 @@ def test_the_hub_offline_fails_in_seconds_with_one_message(
     from sae_lens_clt.loading import hub
     from sae_lens_clt.testing import offline_hub_cache
 
-    hub.hub_reachable.cache_clear()
+    hub.forget_probes()
     if how == "no network":
 
         def unreachable(*args, **kwargs):
@@ -135,7 +135,7 @@ def test_the_hub_offline_fails_in_seconds_with_one_message(
         start = time.perf_counter()
         status = main([*argv, "--out", str(tmp_path / "out")] if argv[0] == "attribute" else argv)
         elapsed = time.perf_counter() - start
-    hub.hub_reachable.cache_clear()
+    hub.forget_probes()
     err = capsys.readouterr().err.strip()
     assert status == 1 and len(err.splitlines()) == 1, err
     assert re.search(r"not in the local Hugging Face cache and .* run once online", err), err

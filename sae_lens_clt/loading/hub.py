@@ -2,7 +2,8 @@
 
 Without a network, ``huggingface_hub`` (and ``transformers`` above it) spend tens of seconds
 per load retrying requests that cannot succeed. :func:`offline_unless_reachable` probes the
-Hub's host once per process (DNS lookup and a TCP connect, ``timeout`` seconds at most); when
+Hub's host (DNS lookup and a TCP connect, ``timeout`` seconds at most; the answer is kept
+for ``PROBE_TTL_S``, so a notebook notices when the network comes back); when
 it cannot be reached, the ``with`` block runs in ``huggingface_hub``'s offline mode: cached
 files still load, and a missing file fails at once (``LocalEntryNotFoundError``), so the
 caller's own message comes within seconds. The previous mode is restored on exit.
@@ -11,26 +12,38 @@ caller's own message comes within seconds. The previous mode is restored on exit
 from __future__ import annotations
 
 import contextlib
-import functools
 import socket
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 PROBE_TIMEOUT_S = 2.0
+PROBE_TTL_S = 60.0
+_probes: dict[str, tuple[float, bool]] = {}  # endpoint -> (monotonic time, reachable)
 
 
-@functools.cache
 def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to the Hub endpoint's host opens within ``timeout`` s."""
     from huggingface_hub import constants
 
-    url = urlsplit(constants.ENDPOINT)
+    endpoint = constants.ENDPOINT
+    seen = _probes.get(endpoint)
+    if seen is not None and time.monotonic() - seen[0] < PROBE_TTL_S:
+        return seen[1]
+    url = urlsplit(endpoint)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
+            reachable = True
     except OSError:
-        return False
+        reachable = False
+    _probes[endpoint] = (time.monotonic(), reachable)
+    return reachable
+
+
+def forget_probes() -> None:
+    """Probe again on the next call (tests, or after the network changed)."""
+    _probes.clear()
 
 
 @contextlib.contextmanager
