@@ -60,7 +60,7 @@ class DashboardSettings:
     before: int = 16  # tokens shown before the activating token
     after: int = 4  # and after it
     n_logits: int = 10
-    dataset: str = ""  # a name for the token source, so a resume reads the same one
+    dataset: str = ""  # names the tokens, CLT and model, so a resume continues the same run
 
     @property
     def window(self) -> int:

@@ -123,21 +123,50 @@ def test_the_hub_offline_fails_in_seconds_with_one_message(
     from sae_lens_clt.testing import offline_hub_cache
 
     hub.forget_probes()
+    saved_offline = constants.HF_HUB_OFFLINE
     if how == "no network":
 
         def unreachable(*args, **kwargs):
             raise OSError("Network is unreachable")
 
         monkeypatch.setattr(socket, "create_connection", unreachable)
-    with offline_hub_cache(tmp_path / "hub") as _:
+    with offline_hub_cache(tmp_path / "hub") as _:  # restores HF_HUB_OFFLINE on exit
         if how == "no network":
-            monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+            constants.HF_HUB_OFFLINE = False
         start = time.perf_counter()
         status = main([*argv, "--out", str(tmp_path / "out")] if argv[0] == "attribute" else argv)
         elapsed = time.perf_counter() - start
     hub.forget_probes()
+    assert constants.HF_HUB_OFFLINE == saved_offline  # nothing leaks into later tests
     err = capsys.readouterr().err.strip()
     assert status == 1 and len(err.splitlines()) == 1, err
     assert re.search(r"not in the local Hugging Face cache and .* run once online", err), err
     assert "Closest" not in err and "closest" not in err
     assert elapsed < 5.0, f"{argv} took {elapsed:.1f} s offline"
+
+
+def test_offline_switch_is_shared_and_restored(monkeypatch) -> None:
+    """Nested (or concurrent) blocks share the switch; the last to leave restores it."""
+    from huggingface_hub import constants
+
+    from sae_lens_clt.loading import hub
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hub.forget_probes()
+    try:
+        with hub.offline_unless_reachable() as outer:
+            assert outer and constants.HF_HUB_OFFLINE
+            with hub.offline_unless_reachable() as inner:
+                assert inner and constants.HF_HUB_OFFLINE
+            assert constants.HF_HUB_OFFLINE  # the outer block is still offline
+        assert constants.HF_HUB_OFFLINE is False
+        monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # only the proxy knows
+        hub.forget_probes()
+        with hub.offline_unless_reachable() as offline:
+            assert not offline and constants.HF_HUB_OFFLINE is False
+    finally:
+        hub.forget_probes()

@@ -65,11 +65,10 @@ def test_server_lists_graphs_and_refuses_escapes(graph_dir: Path) -> None:
     try:
         host, port = server.httpd.server_address[:2]
         assert host == "127.0.0.1"  # this machine only, by default
-        with pytest.raises(OSError):  # not reachable on another interface of this machine
-            other = socket.gethostbyname(socket.gethostname())
-            if other.startswith("127."):
-                raise OSError("no other interface")
-            socket.create_connection((other, port), timeout=1)
+        other = socket.gethostbyname(socket.gethostname())
+        if not other.startswith("127."):  # a container may have no other interface
+            with pytest.raises(OSError):  # not reachable on another interface of this machine
+                socket.create_connection((other, port), timeout=1)
         for bad in (
             "/data/../graphs",
             "/data/%2e%2e/%2e%2e/etc/passwd",
@@ -80,12 +79,29 @@ def test_server_lists_graphs_and_refuses_escapes(graph_dir: Path) -> None:
             assert e.value.code == 404
         data = json.load(urllib.request.urlopen(server.url + "data/dallas.json"))
         assert data["metadata"]["prompt"] == PROMPTS["dallas"]
-        req = urllib.request.Request(
-            server.url + "save_graph/dallas", data=b'{"qParams": {"pinnedIds": 3}}', method="POST"
-        )
+
+        def post(slug: str, body: bytes, content_type: str = "application/json") -> int:
+            req = urllib.request.Request(
+                server.url + "save_graph/" + slug, data=body, method="POST",
+                headers={"Content-Type": content_type},
+            )  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(req)
+            return e.value.code
+
+        good = b'{"qParams": {"pinnedIds": [], "supernodes": []}}'
+        assert post("dallas", b'{"qParams": {"pinnedIds": 3}}') == 400  # bad qParams refused
+        assert post("dallas", good, content_type="text/plain") == 415  # a cross-site form post
+        (graph_dir / "features" / "notes.json").write_text("{}")
+        assert post("features/notes", good) == 404  # only graph files directly in DIR
+        assert post("graph-metadata", good) == 404
+        (graph_dir / "not_a_graph.json").write_text('{"a": 1}')
+        assert post("not_a_graph", good) == 404
+        assert json.loads((graph_dir / "not_a_graph.json").read_text()) == {"a": 1}
+        (graph_dir / "notes.txt").write_text("x")
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(req)
-        assert e.value.code == 400  # bad qParams are refused, the file is untouched
+            urllib.request.urlopen(server.url + "data/notes.txt")
+        assert e.value.code == 404  # only JSON is served
         assert json.loads((graph_dir / "dallas.json").read_text())["qParams"]["pinnedIds"] == []
     finally:
         server.stop()

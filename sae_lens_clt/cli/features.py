@@ -41,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--context-size", type=int, default=64, help="tokens per row (64)")
     p.add_argument("--batch-size", type=int, default=32, help="rows per batch (32)")
     p.add_argument("--top-k", type=int, default=20, help="top examples kept per feature (20)")
-    p.add_argument("--out", required=True, help="output folder (give `serve` its parent's graphs)")
+    p.add_argument(
+        "--out", required=True, help="output folder; DIR/features puts them where `serve DIR` looks"
+    )
     p.add_argument("--labels", action="store_true", help="also write feature_labels.json")
     p.add_argument("--device", default="cpu", help="torch device (cpu)")
     p.set_defaults(func=run)
@@ -119,7 +121,11 @@ def run(args: argparse.Namespace) -> int:
             f"{n} tokens do not fill one row of --context-size {args.context_size} — "
             "raise --n-tokens or lower --context-size"
         )
-    settings = DashboardSettings(top_k=args.top_k, dataset=f"{args.dataset}:{args.split}:{n}")
+    source = (  # a saved state resumes only for the same tokens, CLT and model
+        f"{args.dataset}:{args.split}:{args.column}:{n} tokens:ctx {args.context_size}:"
+        f"batch {args.batch_size}:clt {args.clt or DEFAULT_CLT}:model {args.model or 'default'}"
+    )
+    settings = DashboardSettings(top_k=args.top_k, dataset=source)
     out.mkdir(parents=True, exist_ok=True)
     state = compute_dashboards(model, clt, batches, settings, state_dir=out, n_batches=len(batches))
     folder = write_feature_files(model, clt, state, out, scan=fetched.scan, settings=settings)

@@ -38,6 +38,7 @@ STATIC_DIR = Path(str(files("sae_lens_clt.viewer") / "static"))
 INDEX_FILENAME = "graph-metadata.json"
 FEATURES_DIRNAME = "features"
 DEFAULT_PORT = 8041
+MAX_POST_BYTES = 16 * 2**20  # a qParams body is small; refuse anything larger
 
 
 def _inside(root: Path, relative: str) -> Path | None:
@@ -75,15 +76,20 @@ def list_graphs(folder: Path) -> list[dict[str, Any]]:
 
 
 def save_qparams(folder: Path, slug: str, qparams: Any) -> None:
-    """Step 3: replace the ``qParams`` of ``folder/<slug>.json``, atomically."""
+    """Step 3: replace the ``qParams`` of the graph ``folder/<slug>.json``, atomically.
+
+    Only a graph file directly in ``folder`` is written (never the index, a feature file or
+    anything outside)."""
     path = _inside(folder, f"{slug}.json")
-    if path is None:
+    if path is None or "/" in slug or "\\" in slug or path.name == INDEX_FILENAME:
         raise FileNotFoundError(f"no graph {slug!r} in {folder}")
+    data = json.loads(path.read_text())
+    if not _is_graph(data):
+        raise FileNotFoundError(f"{path.name} in {folder} is not a graph JSON file")
     problems: list[str] = []
     check_against_schema(qparams, GRAPH_JSON_SCHEMA["properties"]["qParams"], "qParams", problems)
     if problems:
         raise ValueError("; ".join(problems))
-    data = json.loads(path.read_text())
     data["qParams"] = qparams
     atomic_write_json(path, data)
 
@@ -101,8 +107,7 @@ class ViewerHandler(SimpleHTTPRequestHandler):
         if not self.quiet:
             super().log_message(format, *args)
 
-    def _send_json(self, data: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
-        body = json.dumps(data).encode()
+    def _send_body(self, body: bytes, status: HTTPStatus = HTTPStatus.OK) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -110,17 +115,15 @@ class ViewerHandler(SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _send_json(self, data: Any, status: HTTPStatus = HTTPStatus.OK) -> None:
+        self._send_body(json.dumps(data).encode(), status)
+
     def _send_file(self, path: Path | None) -> None:
-        if path is None:
+        """A JSON file (graphs and feature files are all the data there is), else 404."""
+        if path is None or path.suffix != ".json":
             self.send_error(HTTPStatus.NOT_FOUND)
             return
-        body = path.read_bytes()
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+        self._send_body(path.read_bytes())
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
@@ -152,8 +155,15 @@ class ViewerHandler(SimpleHTTPRequestHandler):
             self.send_error(HTTPStatus.NOT_FOUND)
             return
         slug = route[len("/save_graph/") :].strip("/")
+        # only the viewer's own fetch: a JSON body (other sites' pages cannot send one to
+        # this server without a CORS preflight, which it never answers)
+        if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
+            self._send_json({"error": "send application/json"}, HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+            return
         try:
             length = int(self.headers.get("Content-Length", "0"))
+            if not 0 <= length <= MAX_POST_BYTES:
+                raise ValueError(f"Content-Length {length} is not in 0..{MAX_POST_BYTES}")
             payload = json.loads(self.rfile.read(length))
             save_qparams(self.folder, slug, payload["qParams"])
         except FileNotFoundError as e:
