@@ -98,7 +98,8 @@ def labels_from_dashboards(
             decode([w[centre + 1]]) for w in windows if centre + 1 < len(w) and w[centre + 1] >= 0
         ]
         contexts = [
-            decode([t for t in w[centre - context_before : centre] if t >= 0]) + f"[[{tok}]]"
+            decode([t for t in w[max(0, centre - context_before) : centre] if t >= 0])
+            + f"[[{tok}]]"
             for w, tok in zip(windows[:n_contexts], toks, strict=False)
         ]
         promoted = [decode([int(t)]) for t in top_ids[j]]

@@ -92,7 +92,8 @@ def test_demo_figure_has_no_overlaps_and_labels_every_logit(demo, tmp_path) -> N
     top = graph.metadata["logit_token_strings"][0].strip()
     assert logit_texts[0].startswith(top)
     assert sum(kind == "logit" for _, kind in markers) == len(graph.logit_token_ids)
-    assert edge_count(fig) == 250  # the demo graph keeps more edges than are drawn
+    assert int(pruned.edge_mask.sum()) > 250  # so the default bound is what limits the count
+    assert edge_count(fig) == 250
     assert (tmp_path / "demo.png").stat().st_size > 50_000
 
 
@@ -100,6 +101,7 @@ def test_max_edges_bounds_the_drawn_edges_and_the_title_says_so(demo) -> None:
     graph, labels, pruned = demo
     fig = graph.plot(labels=labels, pruned=pruned, max_edges=17)
     assert edge_count(fig) == 17
+    assert edge_count(graph.plot(pruned=pruned, max_edges=0)) == 0
     assert any("17 edges drawn" in t.get_text() for t in fig.texts)
     positive = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "feature" in positive and "logit" in positive
@@ -134,6 +136,9 @@ def test_supernode_draws_its_members_as_one_node(demo) -> None:
     assert after.count("supernode") == 1
     assert after.count("feature") == before.count("feature") - 4
     assert "state" in [t for _, t, _ in texts]
+    hidden = next(i for i in range(graph.n_features) if not pruned.node_mask[i])
+    with pytest.warns(UserWarning, match="1 of its members are not among the drawn nodes"):
+        graph.plot(pruned=pruned, supernodes={"with a pruned one": [feats[0], hidden]})
 
 
 def test_node_index_round_trips_every_graph_json_id(demo) -> None:
@@ -160,3 +165,10 @@ def test_node_index_round_trips_every_graph_json_id(demo) -> None:
         node_index(graph, (0, 0, 10**6))
     with pytest.raises(ValueError, match="node id"):
         node_index(graph, "nonsense")
+    with pytest.raises(ValueError, match="outside"):
+        node_index(graph, f"E_{int(graph.input_tokens[0])}_{graph.n_pos}")
+    wrong = int(graph.input_tokens[1]) + 1
+    with pytest.raises(ValueError, match=f"is not {wrong}"):
+        node_index(graph, f"E_{wrong}_1")
+    with pytest.raises(ValueError, match="outside"):
+        node_index(graph, f"{graph.n_layers + 3}_-1_1")

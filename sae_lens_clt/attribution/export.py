@@ -131,13 +131,19 @@ def node_index(graph: GraphData, node: int | str | tuple[int, int, int]) -> int:
         if len(parts) != 3:
             raise ValueError(f"{node!r} is not a graph-JSON node id like '0_253_8'")
         first, second, pos = parts[0], int(parts[1]), int(parts[2])
+        if not 0 <= pos < graph.n_pos:
+            raise ValueError(f"{node!r}: position {pos} is outside the prompt's {graph.n_pos}")
         if first == "E":
+            if int(graph.input_tokens[pos]) != second:
+                raise ValueError(f"{node!r}: the token at position {pos} is not {second}")
             return graph.embedding_offset + pos
         if int(first) == graph.n_layers + 1:
             hits = (graph.logit_token_ids == second).nonzero()[:, 0]
             if not len(hits):
                 raise ValueError(f"{node!r}: token {second} is not among the graph's logits")
             return graph.logit_offset + int(hits[0])
+        if not 0 <= int(first) < graph.n_layers:
+            raise ValueError(f"{node!r}: layer {first} is outside the graph's {graph.n_layers}")
         if second == -1:
             return graph.error_index(int(first), pos)
         node = (int(first), pos, second)

@@ -17,7 +17,7 @@ Algorithm (``plot_graph``, one helper per step):
    markers touch; the logits sit at the last position, spaced for their labels on two
    alternating tiers.
 3. ``_draw_edges``: the ``max_edges`` strongest edges (``|weight|`` relative to the
-   target's largest drawn input), weakest first; blue positive, red negative; width and
+   target's largest input among the display edges), weakest first; blue positive, red negative; width and
    opacity grow with strength, so weak edges fade.
 4. ``_draw_nodes``: marker area grows with influence; features circles, errors grey
    squares, embeddings green squares, logits purple diamonds, supernodes gold squares.
@@ -30,7 +30,8 @@ Algorithm (``plot_graph``, one helper per step):
 
 from __future__ import annotations
 
-from collections import defaultdict
+import warnings
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,13 @@ def _display_graph(
             label = labels.get((layer, feat), f"L{layer}/{feat}")
         where[i] = len(display)
         display.append(_Node(kind, row, pos, float(influence[i]), [i], label=label))
+    missing = Counter(name for i, name in group_of.items() if i not in where)
+    for name, n in missing.items():  # said aloud, never silently dropped
+        warnings.warn(
+            f"supernode {name!r}: {n} of its members are not among the drawn nodes (pruned, "
+            "hidden, or off the paths view) and are left out",
+            stacklevel=3,
+        )
     for d in display:  # a supernode sits in its members' median row and position
         if d.kind == "supernode":
             rows = sorted(graph.node_layer_pos(i)[0] for i in d.members)
@@ -269,7 +277,7 @@ def _draw_edges(ax: Axes, disp: _Display, max_edges: int) -> tuple[int, set[bool
     strength = torch.tensor(
         [abs(w) / max(row_max[t], 1e-10) for (t, _), w in zip(keys, weights.tolist(), strict=True)]
     )  # [E] in [0, 1]
-    order = torch.argsort(strength)[-max_edges:].tolist()
+    order = torch.argsort(strength)[len(keys) - max_edges :].tolist() if max_edges > 0 else []
     nodes = disp.nodes
     segments = [(nodes[keys[e][1]].xy, nodes[keys[e][0]].xy) for e in order]
     colors = [
@@ -452,6 +460,8 @@ def plot_graph(
     """
     if view not in ("graph", "paths"):
         raise ValueError(f"view must be 'graph' or 'paths', got {view!r}")
+    if max_edges < 0:
+        raise ValueError(f"max_edges must be >= 0, got {max_edges}")
     pruned = pruned if pruned is not None else prune_graph(graph, node_threshold, edge_threshold)
     logit_strs = graph.metadata.get("logit_token_strings") or [
         str(int(t)) for t in graph.logit_token_ids

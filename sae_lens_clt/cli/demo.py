@@ -163,8 +163,8 @@ def feature_files(
 ) -> Path:
     """Step 6: the feature files of the pruned graph's features; returns their folder.
 
-    The contexts come from ``n_docs`` held-out fact documents and (when the natural text is
-    cached) a third as many held-out natural ones, about half of the text each.
+    The contexts come from ``n_docs`` held-out fact documents and a third as many held-out
+    natural ones (shipped with the package), about half of the text each.
     """
     from sae_lens_clt.dashboards import compute_dashboards, write_feature_files
     from sae_lens_clt.default_model import held_out_texts

