@@ -65,8 +65,9 @@ def _fetch_hub(
         f"@{revision}" if revision else ""
     )
     why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+    offline = bool(constants.HF_HUB_OFFLINE)
     try:
-        with offline_unless_reachable():
+        with offline_unless_reachable() as offline:
             folder = _download_one_layout(repo_id, prefix, kw)
     except RepositoryNotFoundError as e:
         raise releases.unknown_name_error(
@@ -82,13 +83,11 @@ def _fetch_hub(
     is_saelens = (folder / saelens.CFG_FILENAME).is_file()
     is_ct = (folder / "W_enc_0.safetensors").is_file() or gemma_scope_2.is_gemma_scope_2(folder)
     if not (is_saelens or is_ct):
-        offline = " (offline: only files already in the cache are seen)" * bool(
-            constants.HF_HUB_OFFLINE
-        )
+        seen = " (offline: only files already in the cache are seen)" * offline
         raise CLTFormatError(
             f"{where}: holds neither a SAELens-layout CLT ({saelens.CFG_FILENAME}) nor a "
             "circuit-tracer-layout one (W_enc_{i}.safetensors); check the repo id / "
-            f"subfolder{offline}"
+            f"subfolder{seen}"
         )
     return folder
 
