@@ -11,6 +11,8 @@ relative to SAELens), ``b_enc_{i} [F]``, ``b_dec_{i} [d_model]``, ``threshold_{i
    and writes the files atomically. A decoder narrower than ``L - s`` (a per-layer
    transcoder) is padded with zero blocks, which circuit-tracer computes with exactly.
    Hooks are translated first, so a hook circuit-tracer cannot name fails before any write.
+   :func:`write_from_saelens_file` does the same from a SAELens weights file, reading one
+   layer's rows at a time (for CLTs larger than memory).
 2. :func:`read_cfg_dict` builds our config dict from ``config.yaml`` and the tensor shapes;
    :func:`read_state` reads one layer file at a time into the final buffers (peak memory =
    final size) and returns the decoder sources for a lazy decoder.
@@ -19,6 +21,7 @@ relative to SAELens), ``b_enc_{i} [F]``, ``b_dec_{i} [d_model]``, ``threshold_{i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from sae_lens_clt.formats.atomic import atomic_save_safetensors, atomic_write_te
 from sae_lens_clt.formats.errors import CLTFormatError
 from sae_lens_clt.formats.safetensors import (
     dtype_name,
+    read_rows,
     read_tensors,
     tensor_dtype,
     tensor_shapes,
@@ -64,9 +68,46 @@ def write(
     allow_extensions: bool = False,
 ) -> Path:
     """Write the layout of a JumpReLU / ReLU transcoder with one ``d_model`` (step 1)."""
+
+    def layer(i: int) -> dict[str, torch.Tensor]:
+        names = ["W_enc", "b_enc", "b_dec", "threshold", "W_skip"]
+        own = {n: state[n][i] for n in names if n in state}
+        return {**own, "W_dec": state[f"W_dec.{i}"]}
+
+    return _write_layers(folder, cfg_dict, "W_skip" in state, layer, model_name, allow_extensions)
+
+
+def write_from_saelens_file(
+    folder: Path,
+    cfg_dict: dict[str, Any],
+    weights: Path,
+    model_name: str | None = None,
+    allow_extensions: bool = False,
+) -> Path:
+    """:func:`write` from a SAELens ``sae_weights.safetensors``, one layer in memory at a time."""
+    shapes = tensor_shapes(weights)
+
+    def layer(i: int) -> dict[str, torch.Tensor]:
+        names = [n for n in ("W_enc", "b_enc", "b_dec", "threshold", "W_skip") if n in shapes]
+        own = {n: read_rows(weights, n, [(i, i + 1)])[0][0] for n in names}
+        return {**own, "W_dec": read_tensors(weights, [f"W_dec.{i}"])[f"W_dec.{i}"]}
+
+    return _write_layers(folder, cfg_dict, "W_skip" in shapes, layer, model_name, allow_extensions)
+
+
+def _write_layers(
+    folder: Path,
+    cfg_dict: dict[str, Any],
+    has_skip: bool,
+    layer: Callable[[int], dict[str, torch.Tensor]],
+    model_name: str | None,
+    allow_extensions: bool,
+) -> Path:
+    """The checks, then per layer ``i`` the two files from ``layer(i)`` (``W_enc [d, F]``,
+    ``b_enc``, ``b_dec``, ``threshold``, ``W_skip`` of layer i, ``W_dec [F, w_i, d]``)."""
     L, d_in, d_out = cfg_dict["n_layers"], cfg_dict["d_in"], cfg_dict["d_out"]
     act = cfg_dict.get("activation_fn", "jumprelu")
-    if "W_skip" in state and not allow_extensions:
+    if has_skip and not allow_extensions:
         raise CLTFormatError(
             "circuit-tracer's load_clt reads no skip-connection weights, so circuit-tracer "
             "would load this CLT without its skip connection: share it in the SAELens layout "
@@ -94,17 +135,18 @@ def write(
         config["model_processing"] = processing
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(L):
-        enc = {f"W_enc_{i}": state["W_enc"][i].T, f"b_enc_{i}": state["b_enc"][i]}
-        enc[f"b_dec_{i}"] = state["b_dec"][i]
-        if "threshold" in state:
-            enc[f"threshold_{i}"] = state["threshold"][i]
-        if "W_skip" in state:
-            enc[f"W_skip_{i}"] = state["W_skip"][i]  # our extension; circuit-tracer ignores it
+        t = layer(i)
+        enc = {f"W_enc_{i}": t["W_enc"].T, f"b_enc_{i}": t["b_enc"], f"b_dec_{i}": t["b_dec"]}
+        if "threshold" in t:
+            enc[f"threshold_{i}"] = t["threshold"]
+        if "W_skip" in t:
+            enc[f"W_skip_{i}"] = t["W_skip"]  # our extension; circuit-tracer ignores it
         atomic_save_safetensors(enc, folder / f"W_enc_{i}.safetensors")
-        w = state[f"W_dec.{i}"]  # [F, w_i, d]
+        w = t["W_dec"]  # [F, w_i, d]
         if w.shape[1] < L - i:  # per-layer transcoder: zero cross-layer blocks
             w = torch.cat([w, w.new_zeros(w.shape[0], L - i - w.shape[1], w.shape[2])], 1)
         atomic_save_safetensors({f"W_dec_{i}": w}, folder / f"W_dec_{i}.safetensors")
+        del t, enc, w
     atomic_write_text(folder / CONFIG_FILENAME, yaml.safe_dump(config, sort_keys=False))
     return folder
 

@@ -37,6 +37,10 @@ class CLTTrainingRunnerConfig:
     store_batch_size_prompts: int = 16
     n_batches_in_buffer: int | None = None  # default: a buffer of 4 training batches
     activations_mixing_fraction: float = 0.5
+    # train from a multi-hook activation cache on disk (sae-lens-clt cache-activations)
+    # instead of running the model; several runs can share one cache
+    cached_activations_path: str | None = None
+    cache_shuffle: bool = True  # read the cache in a seeded per-epoch shuffle (False: in order)
     # the transcoder: a registered architecture (cross_layer_transcoder, per_layer_transcoder,
     # skip_cross_layer_transcoder, topk_cross_layer_transcoder, topk_per_layer_transcoder, or
     # one of your own)
@@ -73,6 +77,10 @@ class CLTTrainingRunnerConfig:
     adam_beta2: float = 0.999
     n_batches_for_norm_estimate: int = 8
     dead_feature_window: int = 1000  # steps without firing before a feature counts as dead
+    # --- distributed (under torchrun): features of every layer split over this many ranks;
+    # the data-parallel size is the number of processes / tensor_parallel_size
+    tensor_parallel_size: int = 1
+    distributed_timeout_s: float = 1800.0  # a collective waiting longer than this fails
     # --- run
     device: str = "cpu"
     dtype: str = "float32"
@@ -111,6 +119,19 @@ class CLTTrainingRunnerConfig:
                 "the activation buffer (n_batches_in_buffer * context_size = "
                 f"{self.n_batches_in_buffer * self.context_size} tokens) must hold at least one "
                 f"training batch ({self.train_batch_size_tokens}); raise n_batches_in_buffer"
+            )
+        if self.tensor_parallel_size < 1:
+            problems.append(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        elif self.d_sae % self.tensor_parallel_size:
+            problems.append(
+                f"d_sae={self.d_sae} must be a multiple of tensor_parallel_size="
+                f"{self.tensor_parallel_size} (each rank holds d_sae / tensor_parallel_size "
+                "features of every layer)"
+            )
+        if self.tensor_parallel_size > 1 and not (self.checkpoint_path or self.output_path):
+            problems.append(
+                "tensor_parallel_size > 1 needs checkpoint_path or output_path (a folder every "
+                "rank can write: the feature shards are merged from it)"
             )
         if self.n_checkpoints and not self.checkpoint_path:
             problems.append("n_checkpoints > 0 needs a checkpoint_path")

@@ -18,6 +18,7 @@ from sae_lens_clt.transcoders.clt import (
     DEFAULT_OUTPUT_HOOK,
     CrossLayerTranscoder,
     CrossLayerTranscoderConfig,
+    FeatureShard,
 )
 from sae_lens_clt.transcoders.clt_training import (
     TrainingCrossLayerTranscoder,
@@ -94,6 +95,7 @@ __all__ = [
     "CrossLayerTranscoderConfig",
     "DEFAULT_INPUT_HOOK",
     "DEFAULT_OUTPUT_HOOK",
+    "FeatureShard",
     "PerLayerTranscoder",
     "PerLayerTranscoderConfig",
     "SkipCrossLayerTranscoder",

@@ -51,6 +51,48 @@ DEFAULT_OUTPUT_HOOK = registry.DEFAULT_OUTPUT_HOOK
 ActivationFn = Literal["jumprelu", "relu"]
 
 
+@dataclass(frozen=True)
+class FeatureShard:
+    """Features ``[start, stop)`` of every layer, out of ``total`` per layer."""
+
+    start: int
+    stop: int
+    total: int
+
+    @classmethod
+    def of(cls, rank: int, n_shards: int, total: int) -> FeatureShard:
+        """Shard ``rank`` of ``n_shards`` equal shards (``total`` must divide evenly)."""
+        if total % n_shards:
+            raise ValueError(
+                f"d_sae={total} features per layer do not split into {n_shards} equal shards: "
+                f"choose a d_sae divisible by tensor_parallel_size={n_shards}"
+            )
+        size = total // n_shards
+        return cls(rank * size, (rank + 1) * size, total)
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def _uniform(
+    param: torch.Tensor,
+    bound: float,
+    generator: torch.Generator | None,
+    shard: FeatureShard | None,
+    dim: int,
+) -> None:
+    """``param ~ U(-bound, bound)``; with a shard, the slice along ``dim`` of a full-size draw."""
+    if shard is None or (shard.start == 0 and shard.stop == shard.total):
+        param.uniform_(-bound, bound, generator=generator)
+        return
+    shape = list(param.shape)
+    shape[dim] = shard.total
+    full = torch.empty(shape, dtype=param.dtype, device=param.device)
+    full.uniform_(-bound, bound, generator=generator)
+    param.copy_(full.narrow(dim, shard.start, shard.size))
+
+
 @dataclass
 class CrossLayerTranscoderConfig(SAEConfig):
     """Configuration of a :class:`CrossLayerTranscoder`.
@@ -215,18 +257,27 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
             self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+    def reset_parameters(
+        self, generator: torch.Generator | None = None, shard: FeatureShard | None = None
+    ) -> None:
         """Random init: uniform encoder / decoder with fan-in scaling, zero biases.
 
         Decoder entries are U(-1/sqrt(L*F), 1/sqrt(L*F)) (the scheme of Ameisen et al.),
         the encoder U(-1/sqrt(F), 1/sqrt(F)) and thresholds start at 0.
+
+        ``shard``: this module holds features ``[shard.start, shard.stop)`` of a CLT with
+        ``shard.total`` features per layer (feature-sharded training). Each tensor is then
+        drawn at its full size, in the same order from the same generator, and sliced, so
+        the shards of a seeded init are exactly the slices of the unsharded init (peak
+        memory: one full tensor).
         """
-        L, F = self.cfg.n_layers, self.cfg.d_sae
+        L = self.cfg.n_layers
+        F = shard.total if shard is not None else self.cfg.d_sae
         bound_enc = 1.0 / math.sqrt(F)
         bound_dec = 1.0 / math.sqrt(L * F)
-        self.W_enc.uniform_(-bound_enc, bound_enc, generator=generator)
+        _uniform(self.W_enc, bound_enc, generator, shard, dim=2)
         for w in self.W_dec:
-            w.uniform_(-bound_dec, bound_dec, generator=generator)
+            _uniform(w, bound_dec, generator, shard, dim=0)
         self.b_enc.zero_()
         self.b_dec.zero_()
 
@@ -316,7 +367,8 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         """Skip terms of all layers ``[..., L, d_out]`` from ``x [..., L, d_in]`` (None: no skip)."""
         return None
 
-    def _finish(self, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+    def finish_decode(self, out: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """``Σ_s a_s W_dec[s]`` ``[..., L, d_out]`` -> the reconstruction: ``+ b_dec (+ skip)``."""
         out = out + self.b_dec
         skip = self.skip_all(x)
         if skip is not None:
@@ -331,6 +383,10 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         """
         if self.lazy_decoder is not None:  # the decoder is on disk: read only active rows
             return self.decode_sparse(feature_acts, x)
+        return self.finish_decode(self.decode_features(feature_acts), x)
+
+    def decode_features(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """``Σ_s a_s W_dec[s]`` (no bias, no skip), dense: ``[..., L, d_sae] -> [..., L, d_out]``."""
         self._check_input(feature_acts, self.cfg.d_sae, "feature activations")
         L, do = self.cfg.n_layers, self.cfg.d_out
         acts = feature_acts.to(self.dtype)
@@ -340,7 +396,7 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
             # a_s writes to layers s..s+w-1 at once: [..., F] @ [F, w*d_out]
             contrib = acts[..., s, :] @ self.W_dec[s].flatten(1)
             out[..., s : s + w, :] = out[..., s : s + w, :] + contrib.unflatten(-1, (w, do))
-        return self._finish(out, x)
+        return out
 
     def decode_sparse(
         self, feature_acts: torch.Tensor, x: torch.Tensor | None = None
@@ -361,7 +417,7 @@ class CrossLayerTranscoder(SAE[CrossLayerTranscoderConfig]):
         layer_idx, rows, cols = acts.detach().transpose(0, 1).nonzero(as_tuple=True)
         values = acts[rows, layer_idx, cols]  # [nnz]
         out = self.decode_entries(values, layer_idx, rows, cols, acts.shape[0])
-        return self._finish(out.reshape(*lead, L, do), x)
+        return self.finish_decode(out.reshape(*lead, L, do), x)
 
     def decode_entries(
         self,

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from sae_lens.saes.jumprelu_sae import JumpReLU
@@ -250,6 +251,14 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
     """A :class:`CrossLayerTranscoder` with training losses and normalization buffers."""
 
     cfg: TrainingCrossLayerTranscoderConfig  # type: ignore[assignment]
+    # Feature-sharded training (sae_lens_clt.training.parallel): each rank's module holds a
+    # slice of every layer's features; ``shard_sum`` sums the ranks' partial reconstructions
+    # ``[N, L, d_out]`` (forward: all-reduce; backward: identity, since every rank computes
+    # the same loss from the sum). None: this module holds every feature.
+    shard_sum: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Whether the losses stay exact when the features are split across ranks: true when
+    # the activation is elementwise (JumpReLU, ReLU); a TopK over a layer's features is not.
+    supports_feature_sharding: ClassVar[bool] = True
 
     def __init__(self, cfg: TrainingCrossLayerTranscoderConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term=use_error_term)
@@ -259,6 +268,10 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         if cfg.activation_fn == "jumprelu" and self.device.type != "meta":
             with torch.no_grad():
                 self.threshold.fill_(cfg.jumprelu_init_threshold)
+
+    def sum_over_shards(self, partial: torch.Tensor) -> torch.Tensor:
+        """The full reconstruction from this shard's features' part (identity unsharded)."""
+        return partial if self.shard_sum is None else self.shard_sum(partial)
 
     # ------------------------------------------------------------------ init
 
@@ -367,7 +380,8 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
             self.cfg.decode_sparse_below,
         )
         dense = values.numel() >= self.cfg.decode_sparse_below * L * N * F
-        y_hat = self.decode_entries(values, layer, row, col, N, dense=dense) + self.b_dec
+        y_feat = self.decode_entries(values, layer, row, col, N, dense=dense)  # [N, L, d_out]
+        y_hat = self.sum_over_shards(y_feat) + self.b_dec
         skip = self.skip_all(x)
         if skip is not None:
             y_hat = y_hat + skip
@@ -401,7 +415,7 @@ class TrainingCrossLayerTranscoder(CrossLayerTranscoder, TrainingSAE):  # type: 
         hidden_pre: torch.Tensor,
         l0_coefficient: float,
     ) -> TrainingStepOutput:
-        y_hat = self.decode(acts, x)
+        y_hat = self.finish_decode(self.sum_over_shards(self.decode_features(acts)), x)
         mse = (y_hat - y).pow(2).sum(dim=(-1, -2)).mean()
         dec_norm = self.decoder_norms()  # [L, F]
         parts = {"mse_loss": mse}

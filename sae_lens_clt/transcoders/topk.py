@@ -91,6 +91,7 @@ class TrainingTopKCrossLayerTranscoder(TopKCrossLayerTranscoder, TrainingCrossLa
 
     cfg: TrainingTopKCrossLayerTranscoderConfig  # type: ignore[assignment]
     jumprelu_architecture = registry.CLT  # what a BatchTopK run becomes for inference
+    supports_feature_sharding = False  # the top k of a layer needs all its features
 
     def __init__(self, cfg: TrainingTopKCrossLayerTranscoderConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term=use_error_term)
