@@ -23,6 +23,12 @@ def cases(tmp: Path, busy_port: int) -> list[tuple[list[str], str]]:
     attribute = ["attribute", "--out", str(tmp / "out")]
     graphs = tmp / "graphs"
     hand_graph().to_json(graphs / "hand.json")
+    other_cache = tmp / "other_cache"  # an activation cache of another context size
+    other_cache.mkdir()
+    (other_cache / "cache_config.json").write_text(
+        '{"format": "sae_lens_clt.activation_cache", "version": 1, "context_size": 999, '
+        '"complete": false, "shards": [], "n_rows": 0}'
+    )
     return [
         ([*attribute, "--prompt", ""], r"--prompt is empty"),
         ([*attribute, "--prompt", "   "], r"--prompt is empty"),
@@ -62,6 +68,12 @@ def cases(tmp: Path, busy_port: int) -> list[tuple[list[str], str]]:
         (["serve", str(graphs), "--port", str(busy_port)], r"cannot listen .* another --port"),
         (["features", "--out", str(a_file)], r"--out .* is a file"),
         (["features", "--clt", str(tmp / "no_clt"), "--out", str(tmp / "f")], r"no_clt"),
+        (["cache-activations", "--out", str(a_file)], r"--out .* is a file"),
+        (
+            ["cache-activations", "--out", str(other_cache), "--context-size", "32"],
+            r"other settings: .*context_size 999 \(cache\) vs 32 \(now\).* another folder",
+        ),
+        (["cache-activations", "--out", str(tmp / "c"), "--n-tokens", "0"], r"--n-tokens 0"),
     ]
 
 

@@ -25,7 +25,12 @@ LAYERS: list[tuple[str, ...]] = [
     ("sae_lens_clt.loading",),
     ("sae_lens_clt.transcoders.sparse", "sae_lens_clt.replacement"),
     ("sae_lens_clt.transcoders",),
-    ("sae_lens_clt.evals", "sae_lens_clt.publish", "sae_lens_clt.attribution"),
+    (
+        "sae_lens_clt.evals",
+        "sae_lens_clt.publish",
+        "sae_lens_clt.attribution",
+        "sae_lens_clt.activations",
+    ),
     ("sae_lens_clt.dashboards", "sae_lens_clt.viewer"),  # read graphs and features
     ("sae_lens_clt.labels", "sae_lens_clt.training"),
     ("sae_lens_clt.testing",),
@@ -129,7 +134,7 @@ def test_the_check_sees_imports(tmp_path: Path) -> None:
         fake.unlink()
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["cache-activations", "--help"]])
 def test_cli_help_is_fast(args: list[str]) -> None:
     """``sae-lens-clt --help`` imports neither torch nor SAELens: well under 1.5 s."""
     code = (

@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = [
     "sae_lens_clt.cli.demo",
     "sae_lens_clt.cli.info",
     "sae_lens_clt.cli.train",
+    "sae_lens_clt.cli.cache_activations",
     "sae_lens_clt.cli.attribute",
     "sae_lens_clt.cli.list",
     "sae_lens_clt.cli.push",

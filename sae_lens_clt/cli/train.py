@@ -43,14 +43,21 @@ def _help(cls: type, name: str, default: Any) -> str:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from sae_lens_clt.training.config import CLTTrainingRunnerConfig
-
     p = subparsers.add_parser(
         "train",
         help="train a CLT (YAML config and/or flags)",
         description="Train a cross-layer transcoder on SAELens' ActivationsStore. Defaults "
         "train on the embedded default model and its corpus. Flags override --config.",
     )
+    add_config_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config``, ``--import`` and one flag per ``CLTTrainingRunnerConfig`` field (read
+    back by :func:`config_from_args`)."""
+    from sae_lens_clt.training.config import CLTTrainingRunnerConfig
+
     p.add_argument("--config", help="YAML file with CLTTrainingRunnerConfig fields")
     p.add_argument(
         "--import",
@@ -76,7 +83,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument(flag, type=tp, metavar=tp.__name__.upper(), **kw)
         else:  # dicts: JSON on the command line
             p.add_argument(flag, type=json.loads, metavar="JSON", **kw)
-    p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
