@@ -73,12 +73,16 @@ def torchrun(nproc: int, cfg, out: Path, timeout: float = 180) -> CrossLayerTran
 
 
 def one_process(cfg, cache: bool = False) -> tuple[CLTTrainingRunner, CrossLayerTranscoder]:
-    kwargs = {} if cache else {"override_model": make_tiny_lm(), "override_dataset": make_text_dataset()}
+    kwargs = (
+        {} if cache else {"override_model": make_tiny_lm(), "override_dataset": make_text_dataset()}
+    )
     runner = CLTTrainingRunner(cfg, **kwargs)
     return runner, runner.run()
 
 
-def assert_same_weights(a: CrossLayerTranscoder, b: CrossLayerTranscoder, atol: float = ATOL) -> None:
+def assert_same_weights(
+    a: CrossLayerTranscoder, b: CrossLayerTranscoder, atol: float = ATOL
+) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
@@ -151,7 +155,11 @@ def test_tp2_checkpoint_resumes_in_one_process_and_back(tp2_job, tmp_path: Path)
 def test_data_parallel_2_from_cache_equals_one_process(cache_path: Path, tmp_path: Path) -> None:
     base = {"cached_activations_path": str(cache_path)}
     _, ref = one_process(tiny_cfg(**base), cache=True)
-    got = torchrun(2, tiny_cfg(**base, checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1), tmp_path / "job")
+    got = torchrun(
+        2,
+        tiny_cfg(**base, checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1),
+        tmp_path / "job",
+    )
     assert_same_weights(got, ref)
     # its half-way checkpoint resumes in one process (a different data-parallel size)
     cfg = tiny_cfg(**base, resume_from_checkpoint=str(tmp_path / "ckpt" / "step_12"))

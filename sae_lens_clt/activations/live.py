@@ -102,7 +102,10 @@ def make_store(
         model,
         dataset=dataset,
         hook_names=hooks.ins + hooks.outs,
-        hook_d_ins={**dict.fromkeys(hooks.ins, hooks.d_in), **dict.fromkeys(hooks.outs, hooks.d_out)},
+        hook_d_ins={
+            **dict.fromkeys(hooks.ins, hooks.d_in),
+            **dict.fromkeys(hooks.outs, hooks.d_out),
+        },
         streaming=cfg.streaming,
         context_size=cfg.context_size,
         n_batches_in_buffer=cfg.n_batches_in_buffer,
@@ -121,7 +124,9 @@ def make_store(
     return store, hooks
 
 
-def stream(store: ActivationsStore, hooks: StoreHooks) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def stream(
+    store: ActivationsStore, hooks: StoreHooks
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(x [B, L, d_in], y [B, L, d_out])`` training batches from the store (step 3)."""
     for batch in store.get_multi_hook_data_loader():
         yield (

@@ -24,7 +24,12 @@ identity-like weights) and raises ``AssertionError`` naming the first broken pro
 9. ``training``: the registered training class trains a few steps through the runner,
    its inference result is the registered class, and a run resumed from a checkpoint
    ends at the same weights as an uninterrupted one.
-10. ``attribution``: on a random model, every edge into every target (feature
+10. ``feature_sharding``: where the training class says ``supports_feature_sharding``, its
+    features split over two shards (as tensor-parallel training splits them) give exactly
+    the unsharded init (each tensor's slice along its feature dimension), and with each
+    shard's partial reconstruction completed by the other's (``shard_sum``) the same loss
+    parts and the same gradients (the slices of the unsharded gradients).
+11. ``attribution``: on a random model, every edge into every target (feature
     pre-activations and logits) from every node type (features, errors, embeddings) equals
     what injecting that source into the frozen model (attention patterns and norm scales
     at their clean values, MLP outputs replaced) moves the target by; with
@@ -56,6 +61,7 @@ CHECKS = (
     "from_pretrained",
     "push_to_hub",
     "training",
+    "feature_sharding",
     "attribution",
 )
 
@@ -86,6 +92,7 @@ def check_transcoder(
         "from_pretrained": lambda: check_from_pretrained(clt, tmp / "pretrained"),
         "push_to_hub": lambda: check_push_to_hub(clt, tmp / "push"),
         "training": lambda: check_training(clt, model, tmp / "training"),
+        "feature_sharding": lambda: check_feature_sharding(clt),
         "attribution": lambda: check_attribution(
             model, make(n_layers=n_layers, d_in=d_model, d_sae=d_sae, seed=2)
         ),
@@ -345,7 +352,81 @@ def check_training(clt: Any, model: Any, root: Path, steps: int = 8) -> None:
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"{name} differs after resume")
 
 
-# ---------------------------------------------------------------------- 10: attribution
+# ---------------------------------------------------------------------- 10: sharding
+def check_feature_sharding(clt: Any, n_shards: int = 2) -> None:
+    from sae_lens_clt.training.checkpoints import feature_dims
+    from sae_lens_clt.transcoders.clt import FeatureShard
+
+    reg = registry.registration(clt.cfg.architecture())
+    cls = reg.training_class
+    if cls is None or not getattr(cls, "supports_feature_sharding", False):
+        return
+    F = clt.cfg.d_sae
+    assert F % n_shards == 0, f"feature_sharding needs d_sae divisible by {n_shards}"
+    cfg = reg.training_config_class.from_dict({**clt.cfg.to_dict(), "device": "cpu"})
+
+    def build(d_sae: int, shard: FeatureShard | None) -> Any:
+        torch.manual_seed(0)
+        with torch.random.fork_rng(devices=[]):
+            m = cls(reg.training_config_class.from_dict({**cfg.to_dict(), "d_sae": d_sae}))
+        m.reset_parameters(shard=shard) if shard is not None else m.reset_parameters()
+        return m
+
+    full = build(F, None)
+    shards = [build(F // n_shards, FeatureShard.of(r, n_shards, F)) for r in range(n_shards)]
+    dims = feature_dims(full)
+
+    def part(t: torch.Tensor, name: str, r: int) -> torch.Tensor:
+        dim = dims[name]
+        return t if dim is None else t.narrow(dim, r * (F // n_shards), F // n_shards)
+
+    for name, t in full.state_dict().items():
+        for r, s in enumerate(shards):
+            assert torch.equal(s.state_dict()[name], part(t, name, r)), (
+                f"feature_sharding: shard {r}'s init of {name} is not the slice of the "
+                "unsharded init (reset_parameters(shard=...))"
+            )
+    # random, not identity-like weights, the same in the shards
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, t in full.named_parameters():
+            t.copy_(torch.randn(t.shape, generator=gen) * 0.3 + (0.2 if "threshold" in name else 0))
+        for s_ in shards:
+            for name, t in s_.named_parameters():
+                t.copy_(part(full.state_dict()[name], name, shards.index(s_)))
+    x = torch.randn(16, clt.cfg.n_layers, clt.cfg.d_in, generator=gen)
+    y = torch.randn(16, clt.cfg.n_layers, clt.cfg.d_out, generator=gen)
+    want = full.training_losses(x, y, 0.1)
+    want.loss.backward()
+    partials: list[torch.Tensor] = []
+    for s_ in shards:
+        s_.shard_sum = lambda p: partials.append(p.detach()) or p
+        s_.training_losses(x, y, 0.1)
+    sums: dict[str, float] = {}
+    for r, s_ in enumerate(shards):
+        others = sum(p for j, p in enumerate(partials) if j != r)
+        s_.shard_sum = lambda p, o=others: p + o
+        got = s_.training_losses(x, y, 0.1)
+        got.loss.backward()
+        for k, v in got.parts.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+            if k == "mse_loss":
+                torch.testing.assert_close(v, want.parts[k], msg="feature_sharding: mse differs")
+        for name, p in s_.named_parameters():
+            g = full.get_parameter(name).grad
+            assert p.grad is not None and g is not None, f"feature_sharding: no gradient for {name}"
+            torch.testing.assert_close(
+                p.grad, part(g, name, r), rtol=1e-4, atol=1e-5,
+                msg=f"feature_sharding: shard {r}'s gradient of {name} is not the slice",
+            )  # fmt: skip
+    for k, v in want.parts.items():
+        if k != "mse_loss":
+            assert abs(sums[k] - float(v)) <= 1e-4 * max(1.0, abs(float(v))), (
+                f"feature_sharding: {k} over the shards is {sums[k]}, unsharded {float(v)}"
+            )
+
+
+# ---------------------------------------------------------------------- 11: attribution
 def check_attribution(model: Any, clt: Any, n_feature_columns: int = 40) -> float:
     """Edges equal injections into the frozen model, for every node type; returns the
     largest error relative to the largest edge."""

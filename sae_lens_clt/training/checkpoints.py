@@ -148,9 +148,7 @@ def write_shard(
 
 
 def write_rng(staging: Path, rng_state: torch.Tensor, dp_rank: int, dp: int) -> Path:
-    return atomic_save_safetensors(
-        {"rng_state": rng_state}, staging / rng_filename(dp_rank, dp)
-    )
+    return atomic_save_safetensors({"rng_state": rng_state}, staging / rng_filename(dp_rank, dp))
 
 
 def write_state_json(

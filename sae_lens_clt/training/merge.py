@@ -69,7 +69,9 @@ def _shard_inference(state: dict[str, Any], file: Path, d_sae: int) -> Any:
     return inference
 
 
-def _header(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, torch.dtype]) -> tuple[bytes, dict[str, int]]:
+def _header(
+    shapes: dict[str, tuple[int, ...]], dtypes: dict[str, torch.dtype]
+) -> tuple[bytes, dict[str, int]]:
     """safetensors header bytes (8-byte length + padded JSON) and each tensor's data offset."""
     header: dict[str, Any] = {}
     offsets: dict[str, int] = {}

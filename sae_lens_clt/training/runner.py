@@ -61,6 +61,7 @@ from sae_lens_clt.training.parallel import DistributedJobError, ParallelLayout
 from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 from sae_lens_clt.transcoders.clt_training import TrainingCrossLayerTranscoder
 
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
@@ -430,7 +431,13 @@ class CLTTrainingRunner:
                 torch.stack([parts[k].detach().double().cpu() for k in replicated_names])
                 if replicated_names
                 else torch.zeros(0, dtype=torch.float64),
-                torch.stack([(yh - yf).pow(2).sum(), yf.pow(2).sum(), torch.tensor(float(N), device=yf.device, dtype=torch.float64)]).cpu(),
+                torch.stack(
+                    [
+                        (yh - yf).pow(2).sum(),
+                        yf.pow(2).sum(),
+                        torch.tensor(float(N), device=yf.device, dtype=torch.float64),
+                    ]
+                ).cpu(),
                 yf.sum(0).reshape(-1).cpu(),
             ]
         )

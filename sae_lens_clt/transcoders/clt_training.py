@@ -22,9 +22,9 @@ Algorithm (one step on a batch of ``N`` tokens, normalized activations):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import torch
