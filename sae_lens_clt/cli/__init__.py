@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = [
     "sae_lens_clt.cli.push",
     "sae_lens_clt.cli.serve",
     "sae_lens_clt.cli.features",
+    "sae_lens_clt.cli.merge",
 ]
 
 

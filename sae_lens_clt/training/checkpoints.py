@@ -94,7 +94,7 @@ def feature_dims(clt: Any) -> dict[str, int | None]:
     dims: dict[str, int | None] = {}
     for name in clt.state_dict():
         if name in a and a[name] != b[name]:
-            dims[name] = next(i for i, (u, v) in enumerate(zip(a[name], b[name])) if u != v)
+            dims[name] = next(i for i, (u, v) in enumerate(zip(a[name], b[name], strict=True)) if u != v)
         else:
             dims[name] = None
     return dims
@@ -103,10 +103,11 @@ def feature_dims(clt: Any) -> dict[str, int | None]:
 def state_feature_dims(clt: Any, optimizer: torch.optim.Optimizer) -> dict[str, int | None]:
     """:func:`feature_dims` for every tensor a shard file holds (``clt.*``, ``optim.*``,
     ``steps_since_fired``)."""
-    dims = {f"clt.{k}": v for k, v in feature_dims(clt).items()}
+    own = feature_dims(clt)
+    dims = {f"clt.{k}": v for k, v in own.items()}
     params = dict(clt.named_parameters())
     names = list(params)
-    per_param = {id(p): feature_dims(clt).get(n) for n, p in params.items()}
+    per_param = {id(p): own.get(n) for n, p in params.items()}
     for idx, state in optimizer.state_dict()["state"].items():
         p = params[names[idx]]
         for name, value in state.items():
