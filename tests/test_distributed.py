@@ -260,3 +260,23 @@ def test_merge_writes_both_layouts_from_the_shards(tp2_job, tmp_path: Path) -> N
     their_acts = theirs.encode(x.transpose(0, 1))  # [L, n, F]
     assert torch.allclose(their_acts.transpose(0, 1), ref.encode(x), atol=1e-5)
     assert torch.allclose(theirs.decode(their_acts).transpose(0, 1), ours, atol=1e-5)
+
+
+def test_a_checkpoint_of_the_previous_layout_still_resumes(tmp_path: Path) -> None:
+    """0.2 wrote one ``training_state.safetensors`` (with the RNG state) and no layout."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = tiny_cfg(checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1)
+    _, ref = one_process(cfg)
+    step = tmp_path / "ckpt" / "step_12"
+    tensors = load_file(str(step / checkpoints.shard_filename(0, 1)))
+    tensors.update(load_file(str(step / checkpoints.rng_filename(0, 1))))
+    save_file(tensors, str(step / checkpoints.LEGACY_STATE_TENSORS))
+    (step / checkpoints.shard_filename(0, 1)).unlink()
+    (step / checkpoints.rng_filename(0, 1)).unlink()
+    state = json.loads((step / checkpoints.STATE_JSON).read_text())
+    for key in ("tp", "dp", "data_source", "feature_dims"):
+        del state[key]
+    (step / checkpoints.STATE_JSON).write_text(json.dumps(state))
+    _, resumed = one_process(tiny_cfg(resume_from_checkpoint=str(step)))
+    assert_same_weights(resumed, ref, atol=1e-6)

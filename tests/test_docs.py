@@ -5,8 +5,11 @@ Each page runs top to bottom in its own namespace and its own working folder:
 - ``python`` blocks are executed. Two kinds of edit are applied first, both listed below and
   each required to match the page (a stale entry fails): ``SMALLER`` shrinks training runs
   to seconds (fewer tokens, shorter contexts), and nothing else changes in the code.
+- ``yaml`` blocks whose first line is ``# NAME`` are written to the file ``NAME`` (after the
+  ``SMALLER`` edits): the config files the commands below them read.
 - ``bash`` blocks: each ``sae-lens-clt ...`` command runs through the CLI's ``main`` and must
-  exit 0; the set-up lines (``python3 -m venv``, ``source``, ``pip install``) are what made
+  exit 0; each ``torchrun ...`` command runs as it is (``python -m torch.distributed.run``,
+  one thread per process) and must exit 0; the set-up lines (``python3 -m venv``, ``source``, ``pip install``) are what made
   this environment, and ``python -m pytest`` is this run, so those are not rerun. Any other
   command fails the test until the runner is taught it.
 - A ``text`` block right after a command shows that command's output: it must equal what
@@ -52,7 +55,10 @@ _SMALL_RUN = (
     "n_batches_for_norm_estimate=2, verbose=False,"
 )
 SMALLER: dict[str, list[tuple[str, str]]] = {
-    "README.md": [("training_tokens=2_400_000,", f"training_tokens=4_096, {_SMALL_RUN}")],
+    "README.md": [
+        ("training_tokens=2_400_000,", f"training_tokens=4_096, {_SMALL_RUN}"),
+        ("training_tokens: 2_000_000\n", "training_tokens: 4_096\ncontext_size: 64\nverbose: false\n"),
+    ],
     "docs/tutorial.md": [
         ("training_tokens=2_400_000,", "training_tokens=4_096,"),
         ("train_batch_size_tokens=1024,", _SMALL_RUN),
@@ -191,6 +197,17 @@ def check_serve(folder: Path) -> str:
     return ""
 
 
+def run_torchrun(line: str) -> str:
+    """A ``torchrun ...`` command of a page, as a real job; returns rank 0's stdout."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "torch.distributed.run", *shlex.split(line)[1:]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, f"`{line}` exited {r.returncode}:\n{r.stdout[-2000:]}{r.stderr[-3000:]}"
+    return r.stdout
+
+
 def commands(code: str) -> list[str]:
     lines = code.replace("\\\n", " ").splitlines()
     return [ln.split("  #", 1)[0].strip() for ln in lines if ln.strip()]
@@ -264,10 +281,19 @@ def run_page(page: str, work: Path) -> dict[str, Any]:
                         code = code.replace(old, new)
                     exec(compile(code, where, "exec"), namespace)
                     last_output = None
+                elif block.lang == "yaml" and block.code.startswith("# "):
+                    code = block.code
+                    for old, new in edits:
+                        code = code.replace(old, new)
+                    name = code.splitlines()[0][2:].strip()
+                    (work / name).write_text(code)
                 elif block.lang == "bash":
                     last_output = ""
                     for line in commands(block.code):
                         if line.startswith(SETUP_COMMANDS):
+                            continue
+                        if line.startswith("torchrun "):
+                            last_output += run_torchrun(line)
                             continue
                         assert line.startswith("sae-lens-clt "), f"{where}: cannot run `{line}`"
                         last_output += run_command(line)
@@ -294,6 +320,8 @@ def test_page_runs(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert (tmp_path / "demo_out" / "graph.json").is_file()
         assert (tmp_path / "my_clt" / "cfg.json").is_file()
         assert (tmp_path / "my_clt_ct" / "config.yaml").is_file()
+        assert (tmp_path / "my_big_clt_ct" / "config.yaml").is_file()
+        assert (tmp_path / "acts" / "cache_config.json").is_file()
     if page == "docs/tutorial.md":
         assert 0 <= float(namespace["p_austin"]) <= 1
 

@@ -46,8 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a CLT (YAML config and/or flags)",
-        description="Train a cross-layer transcoder on SAELens' ActivationsStore. Defaults "
-        "train on the embedded default model and its corpus. Flags override --config.",
+        description="Train a cross-layer transcoder on SAELens' ActivationsStore (or on an "
+        "activation cache: --cached-activations-path). Defaults train on the embedded default "
+        "model and its corpus. Flags override --config. On several processes: torchrun "
+        "--nproc-per-node N -m sae_lens_clt.train --config run.yaml --tensor-parallel-size T "
+        "(N / T data-parallel groups).",
     )
     add_config_arguments(p)
     p.set_defaults(func=run)
@@ -121,8 +124,16 @@ def run(args: argparse.Namespace) -> int:
         runner = CLTTrainingRunner(cfg)
     except ValueError as e:
         raise SystemExit(str(e)) from e
-    clt = runner.run()
+    try:
+        clt = runner.run()
+    except ValueError as e:  # a setting the job's layout refuses (e.g. d_sae vs. ranks)
+        raise SystemExit(str(e)) from e
+    layout = runner.layout
+    if layout is not None and not layout.is_main:
+        return 0  # under torchrun, rank 0 reports for the job
     last = runner.metrics_history[-1] if runner.metrics_history else {}
+    if layout is not None and layout.world > 1:
+        print(f"trained on {layout.world} processes (tp={layout.tp}, dp={layout.dp})")
     print(clt)
     if last:
         print(
