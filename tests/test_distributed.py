@@ -280,3 +280,16 @@ def test_a_checkpoint_of_the_previous_layout_still_resumes(tmp_path: Path) -> No
     (step / checkpoints.STATE_JSON).write_text(json.dumps(state))
     _, resumed = one_process(tiny_cfg(resume_from_checkpoint=str(step)))
     assert_same_weights(resumed, ref, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_tp2_by_dp2_on_four_processes_equals_one_process(cache_path: Path, tmp_path: Path) -> None:
+    base = {"cached_activations_path": str(cache_path)}
+    _, ref = one_process(tiny_cfg(**base), cache=True)
+    got = torchrun(
+        4,
+        tiny_cfg(**base, tensor_parallel_size=2, output_path=str(tmp_path / "out")),
+        tmp_path / "job",
+        timeout=400,
+    )
+    assert_same_weights(got, ref)

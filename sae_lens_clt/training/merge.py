@@ -9,9 +9,11 @@ Algorithm (checkpoint ``step_N/`` with ``tp`` shards of ``F/tp`` features per la
    folding of the normalisation scales into the weights). Peak memory: about two copies of
    one shard, ``2/tp`` of the CLT — never the whole CLT twice.
 3. The first shard fixes each tensor's dtype; the output ``sae_weights.safetensors`` is
-   laid out with the full shapes (header first), memory-mapped, and each shard's tensors
-   are copied into their slices of it (replicated tensors — ``b_dec``, a skip connection —
-   from shard 0 only).
+   laid out with the full shapes (header first) and each shard's tensors are written into
+   their slices of it with positioned writes (``os.pwrite``: for a tensor viewed as
+   ``[outer, F, inner]`` around its feature dimension, one write of ``F/tp * inner``
+   elements per outer index), so the output never sits in this process's memory;
+   replicated tensors (``b_dec``, a skip connection) come from shard 0 only.
 4. ``cfg.json``: shard 0's inference config with ``d_sae = F``. Both files are written under
    temporary names and renamed into place.
 
@@ -30,7 +32,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -128,45 +129,43 @@ def merge_checkpoint(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        mm = None
-        offsets: dict[str, int] = {}
-        shapes: dict[str, tuple[int, ...]] = {}
-        cfg_dict: dict[str, Any] = {}
-        for t, file in enumerate(tqdm(files, desc="merging shards", disable=not verbose)):
-            part = _shard_inference(state, file, size)
-            tensors = dict(part.state_dict())
-            if t == 0:  # step 3: the layout of the merged file
-                cfg_dict = part.cfg.to_dict()
-                cfg_dict["d_sae"] = total
-                full_cfg = type(part.cfg).from_dict(cfg_dict)
-                shapes = {k: tuple(v) for k, v in full_cfg.expected_shapes().items()}
-                dtypes = {k: tensors[k].dtype for k in shapes}
-                head, offsets = _header(shapes, dtypes)
-                n_bytes = len(head) + sum(
-                    math.prod(s) * dtypes[k].itemsize for k, s in shapes.items()
-                )
-                with open(tmp, "wb") as f:
-                    f.write(head)
-                    f.truncate(n_bytes)
-                mm = np.memmap(tmp, dtype=np.uint8, mode="r+")
-                base = len(head)
-            for name, shape in shapes.items():
-                dim = dims.get(name) if dims else _grown_dim(part.cfg, name, size)
-                if dim is None and t > 0:
-                    continue  # replicated: shard 0 wrote it
-                src = tensors[name].contiguous()
-                item = src.dtype.itemsize
-                n = math.prod(shape) * item
-                dst = torch.from_numpy(mm[base + offsets[name] : base + offsets[name] + n])
-                dst = dst.view(src.dtype).view(shape)
-                if dim is None:
-                    dst.copy_(src)
-                else:
-                    dst.narrow(dim, t * size, size).copy_(src)
-            del part, tensors
-        assert mm is not None
-        mm.flush()
-        del mm
+        with open(tmp, "r+b") as f:
+            fd = f.fileno()
+            offsets: dict[str, int] = {}
+            shapes: dict[str, tuple[int, ...]] = {}
+            cfg_dict: dict[str, Any] = {}
+            base = 0
+            for t, file in enumerate(tqdm(files, desc="merging shards", disable=not verbose)):
+                part = _shard_inference(state, file, size)
+                tensors = dict(part.state_dict())
+                if t == 0:  # step 3: the layout of the merged file
+                    cfg_dict = part.cfg.to_dict()
+                    cfg_dict["d_sae"] = total
+                    full_cfg = type(part.cfg).from_dict(cfg_dict)
+                    shapes = {k: tuple(v) for k, v in full_cfg.expected_shapes().items()}
+                    dtypes = {k: tensors[k].dtype for k in shapes}
+                    head, offsets = _header(shapes, dtypes)
+                    n_bytes = sum(math.prod(s) * dtypes[k].itemsize for k, s in shapes.items())
+                    os.pwrite(fd, head, 0)
+                    os.ftruncate(fd, len(head) + n_bytes)
+                    base = len(head)
+                for name, shape in shapes.items():
+                    dim = dims.get(name) if dims else _grown_dim(part.cfg, name, size)
+                    if dim is None and t > 0:
+                        continue  # replicated: shard 0 wrote it
+                    src = tensors[name].detach().contiguous().cpu()
+                    at = base + offsets[name]
+                    if dim is None:
+                        os.pwrite(fd, src.view(-1).view(torch.uint8).numpy().tobytes(), at)
+                        continue
+                    outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1 :])
+                    rows = src.reshape(outer, size * inner).view(torch.uint8).numpy()
+                    stride = total * inner * src.dtype.itemsize  # bytes per outer index
+                    start = t * size * inner * src.dtype.itemsize
+                    for o in range(outer):
+                        os.pwrite(fd, rows[o].tobytes(), at + o * stride + start)
+                del part, tensors
+            os.fsync(fd)
         os.chmod(tmp, 0o644)
         os.replace(tmp, weights)
     except BaseException:
