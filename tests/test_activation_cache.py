@@ -176,6 +176,30 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(tmp_path, model, dataset
     assert again.build_info["shards_written"] == 0 and again.n_rows == whole.n_rows
 
 
+def test_a_model_failure_keeps_the_shard_being_written(tmp_path, model, dataset, monkeypatch):
+    cfg, kw = small_cfg(), dict(n_tokens=1400, batches_per_shard=BPS, model=model, dataset=dataset)
+    rows, calls = live.token_batch_rows, [0]
+
+    def fail_in_shard_2(*args):
+        calls[0] += 1
+        if calls[0] == 2 * BPS + 2:  # while shard 1 is being written
+            raise RuntimeError("model failed")
+        return rows(*args)
+
+    monkeypatch.setattr(live, "token_batch_rows", fail_in_shard_2)
+    with pytest.raises(RuntimeError, match="model failed"):
+        build(cfg, tmp_path / "c", **kw)
+    monkeypatch.setattr(live, "token_batch_rows", rows)
+    part = ActivationCache(tmp_path / "c", allow_incomplete=True)
+    assert part.n_shards == 2  # shards 0 and 1, whole
+    done = build(cfg, tmp_path / "c", **kw)
+    assert done.build_info["shards_reused"] == 2
+    fresh = build(cfg, tmp_path / "fresh", **kw)
+    assert torch.equal(
+        done.read_positions(0, done.n_rows)[0], fresh.read_positions(0, done.n_rows)[0]
+    )
+
+
 def test_a_complete_cache_is_extended_like_a_fresh_build(tmp_path, model, dataset) -> None:
     cfg, kw = small_cfg(), dict(batches_per_shard=BPS, model=model, dataset=dataset)
     build(cfg, tmp_path / "a", n_tokens=500, **kw)  # its last shard is short

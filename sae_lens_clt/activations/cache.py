@@ -22,7 +22,10 @@ Building (:func:`build_activation_cache`):
 2. Shard ``i`` holds the rows of token batches ``i * batches_per_shard`` to
    ``(i + 1) * batches_per_shard - 1`` in the storage dtype, written atomically; after
    every shard ``cache_config.json`` is rewritten atomically with the shard list. The last
-   shard stops at the first token batch that brings the cache to ``n_tokens`` rows.
+   shard stops at the first token batch that brings the cache to ``n_tokens`` rows. A
+   writer thread writes shard ``k`` while the model fills shard ``k + 1`` (two buffers;
+   a CPU model whose threads take every core runs with one thread less meanwhile); a
+   shard is listed in the config only once its file is whole.
 3. Resuming: a folder whose config has the same settings keeps its full shards (a short
    last shard is rebuilt), skips their token batches by tokenizing only (no model
    forward) and goes on. A complete cache with enough rows is returned as is; one with too
@@ -51,12 +54,16 @@ Reading (:class:`ActivationCache`):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -348,31 +355,62 @@ def build_activation_cache(
         desc="caching activations",
         disable=not verbose,
     )
-    x_buf = y_buf = None  # one shard's rows, reused: x [rows_per_shard, L, d_in], y [..., d_out]
-    with torch.no_grad():
-        while n_rows < n_tokens:
-            if x_buf is None:
-                x_buf = torch.empty(rows_per_shard, n_layers, hooks.d_in, dtype=storage)
-                y_buf = torch.empty(rows_per_shard, n_layers, hooks.d_out, dtype=storage)
-            n, n_batches = 0, 0  # rows and token batches in this shard
-            while n_batches < batches_per_shard and n_rows + n < n_tokens:
-                x, y = live.token_batch_rows(store, hooks, _next_token_batch(store))
-                x_buf[n : n + len(x)] = x.to("cpu", storage)  # x [b, L, d_in]
-                y_buf[n : n + len(y)] = y.to("cpu", storage)  # y [b, L, d_out]
-                bar.update(min(len(x), n_tokens - n_rows - n))  # the bar stops at n_tokens
-                n, n_batches = n + len(x), n_batches + 1
-            file = SHARD_FILE.format(len(shards))
-            atomic.atomic_save_safetensors(
-                {X_NAME: x_buf[:n], Y_NAME: y_buf[:n]},
-                path / file,
-                metadata={"format": FORMAT},  # one key: safetensors orders several at random
-            )
-            shards.append({"file": file, "n_rows": n, "n_batches": n_batches})
-            n_rows += n
-            rows_written += n
-            bytes_written += (path / file).stat().st_size
-            config.update(shards=list(shards), n_rows=n_rows)
-            atomic.atomic_write_json(path / CONFIG_FILE, config, indent=2)
+    # step 2, pipelined: shard k is written by a writer thread while the model fills shard k + 1
+    # in the other of two buffers (x [rows_per_shard, L, d_in], y [rows_per_shard, L, d_out])
+    buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pending: tuple[Future, dict[str, Any]] | None = None  # the shard being written
+    wait = [0.0]  # seconds the model waited for the writer
+
+    def record(write: tuple[Future, dict[str, Any]]) -> int:
+        """Wait for a shard's write, then list it in the config; its size in bytes."""
+        future, entry = write
+        waited = time.perf_counter()
+        future.result()
+        wait[0] += time.perf_counter() - waited
+        shards.append(entry)
+        config.update(shards=list(shards), n_rows=config["n_rows"] + entry["n_rows"])
+        atomic.atomic_write_json(path / CONFIG_FILE, config, indent=2)
+        return (path / entry["file"]).stat().st_size
+
+    with _core_for_the_writer(model), ThreadPoolExecutor(max_workers=1) as writer, torch.no_grad():
+        try:
+            k = 0  # shards made by this call
+            while n_rows < n_tokens:
+                if len(buffers) <= k % 2:
+                    buffers.append(
+                        (
+                            torch.empty(rows_per_shard, n_layers, hooks.d_in, dtype=storage),
+                            torch.empty(rows_per_shard, n_layers, hooks.d_out, dtype=storage),
+                        )
+                    )
+                x_buf, y_buf = buffers[k % 2]  # free: shard k - 2's write was waited for
+                n, n_batches = 0, 0  # rows and token batches in this shard
+                while n_batches < batches_per_shard and n_rows + n < n_tokens:
+                    x, y = live.token_batch_rows(store, hooks, _next_token_batch(store))
+                    x_buf[n : n + len(x)] = x.to("cpu", storage)  # x [b, L, d_in]
+                    y_buf[n : n + len(y)] = y.to("cpu", storage)  # y [b, L, d_out]
+                    bar.update(min(len(x), n_tokens - n_rows - n))  # the bar stops at n_tokens
+                    n, n_batches = n + len(x), n_batches + 1
+                if pending is not None:
+                    done, pending = pending, None
+                    bytes_written += record(done)
+                file = SHARD_FILE.format(reused + k)
+                future = writer.submit(
+                    atomic.atomic_save_safetensors,
+                    {X_NAME: x_buf[:n], Y_NAME: y_buf[:n]},
+                    path / file,
+                    metadata={"format": FORMAT},  # one key: safetensors orders several at random
+                )
+                pending = (future, {"file": file, "n_rows": n, "n_batches": n_batches})
+                n_rows, rows_written, k = n_rows + n, rows_written + n, k + 1
+            if pending is not None:
+                done, pending = pending, None
+                bytes_written += record(done)
+        except BaseException:
+            if pending is not None:  # the model failed while a shard was written: keep it
+                with contextlib.suppress(Exception):
+                    record(pending)
+            raise
     bar.close()
     config["complete"] = True
     atomic.atomic_write_json(path / CONFIG_FILE, config, indent=2)
@@ -380,7 +418,24 @@ def build_activation_cache(
     cache.build_info = _build_info(
         start_time, rows_written, bytes_written, len(shards) - reused, reused, build_start
     )
+    cache.build_info["write_wait_seconds"] = wait[0]
     return cache
+
+
+@contextlib.contextmanager
+def _core_for_the_writer(model: Any) -> Iterator[None]:
+    """A model on the CPU whose torch threads take every core gets one thread less while
+    the writer runs (else both slow down: measured 4x on 2 cores, benchmarks/RESULTS.md)."""
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    param = next(iter(model.parameters()), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    if on_cpu and threads > 1 and threads >= (cores or 1):
+        torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _done(path: Path, start_time: float) -> ActivationCache:
@@ -399,7 +454,8 @@ def _build_info(
     build_start: float | None = None,
 ) -> dict[str, Any]:
     """What a build call did: ``seconds`` in all, ``build_seconds`` of model passes and
-    writes (after loading the model and data and skipping kept shards)."""
+    writes (after loading the model and data and skipping kept shards; of it,
+    ``write_wait_seconds`` waiting for the disk)."""
     now = time.perf_counter()
     return {
         "seconds": now - start,
@@ -408,6 +464,7 @@ def _build_info(
         "bytes_written": nbytes,
         "shards_written": written,
         "shards_reused": reused,
+        "write_wait_seconds": 0.0,
     }
 
 
