@@ -16,7 +16,9 @@
    (stated below, with their sources' usual figures, not measured here), times the overhead
    factor measured in step 2; plus the communication of a tensor-parallel step (one
    all-reduce of the partial reconstruction ``[B, L, d]``, ring: ``2 (n-1)/n`` bytes over
-   the bus bandwidth) and, with data parallelism, of the gradients.
+   the bus bandwidth — NVLink inside a node, the network for a group wider than a node)
+   and, with data parallelism, of the gradients; and the data: the live store's model pass
+   (``2 · 2.6e9 · B`` FLOPs for Gemma-2-2B) or reading ``x, y`` from a bfloat16 cache.
 4. **Memory per GPU** is counted exactly: parameters, gradients and Adam's two moments of
    one shard (fp32), the batch ``x, y [B, L, d]``, the dense pre-activations
    ``[L, B, F/tp]`` the fused encoder makes once, the pattern entries, the partial and full
@@ -67,6 +69,9 @@ class Hardware:
     tp_bus: float  # all-reduce bus bandwidth inside the tensor-parallel group, bytes/s
     dp_bus: float  # all-reduce bus bandwidth across data-parallel groups, bytes/s
     memory: float  # bytes per device
+    gpus_per_node: int = 8
+    model_flops: float = 0.0  # the language model's forward (bf16) rate achieved, FLOP/s
+    disk: float = 0.0  # the cache's read rate per node, bytes/s
 
 
 def step_counts(s: Shape) -> dict[str, float]:
@@ -116,9 +121,22 @@ def memory_per_gpu(s: Shape) -> dict[str, float]:
 def predict_seconds(s: Shape, hw: Hardware, overhead: float) -> dict[str, float]:
     c = step_counts(s)
     compute = (c["matmul_flops"] + c["decode_flops"]) / hw.matmul_flops + c["bytes"] / hw.bandwidth
-    comm_tp = 2 * (s.tp - 1) / s.tp * c["allreduce_tp_bytes"] / hw.tp_bus if s.tp > 1 else 0.0
+    # a tensor-parallel group wider than a node all-reduces over the network
+    bus = hw.tp_bus if s.tp <= hw.gpus_per_node else hw.dp_bus
+    comm_tp = 2 * (s.tp - 1) / s.tp * c["allreduce_tp_bytes"] / bus if s.tp > 1 else 0.0
     comm_dp = 2 * (s.dp - 1) / s.dp * c["allreduce_dp_bytes"] / hw.dp_bus if s.dp > 1 else 0.0
     return {"compute": overhead * compute, "tp all-reduce": comm_tp, "dp all-reduce": comm_dp}
+
+
+def data_seconds(s: Shape, hw: Hardware, model_params: float) -> dict[str, float]:
+    """Per step, the two ways to get the batch: the live store's model pass on the
+    group's first rank (``2 · params · B`` FLOPs) plus its broadcast of ``x, y`` (fp32)
+    inside the group; or reading ``x, y`` from a bfloat16 cache (once per node: the
+    group's ranks share the page cache)."""
+    xy = s.B // s.dp * s.L * s.d * 2  # values of x and y per step
+    live = 2 * model_params * s.B / s.dp / hw.model_flops + 4 * xy / hw.tp_bus
+    cache = 2 * xy / hw.disk
+    return {"live store": live, "bf16 cache": cache}
 
 
 # ---------------------------------------------------------------------- measuring (step 1)
@@ -203,7 +221,10 @@ def main() -> None:
         tp_bus=360e9,  # NCCL all-reduce bus bandwidth over NVLink 4 inside a node
         dp_bus=45e9,  # across nodes: 8 x 400 Gb/s InfiniBand per node, ~90 % of 50 GB/s
         memory=80e9,
+        model_flops=0.4 * 989e12,  # bf16 dense peak 989 TFLOP/s at 40 % for the model pass
+        disk=7e9,  # one PCIe 4 NVMe drive per node, sequential
     )
+    gemma_params = 2.6e9
     targets = [
         Shape("Gemma-2-2B, 426k features, 1 node", L=26, d=2304, F=16384, B=4096, l0=50, tp=8),
         Shape("Gemma-2-2B, 2.5M features, 4 nodes", L=26, d=2304, F=98304, B=4096, l0=50, tp=32),
@@ -227,9 +248,14 @@ def main() -> None:
         print(
             "  step: "
             + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items())
-            + f" = {total * 1e3:.1f} ms -> {s.B / total:,.0f} tokens/s; "
-            f"100M tokens in {1e8 / (s.B / total) / 3600:.1f} h"
+            + f" = {total * 1e3:.1f} ms"
         )
+        for name, dt in data_seconds(s, h100, gemma_params).items():
+            step_s = total + dt
+            print(
+                f"  + data from the {name}: {dt * 1e3:.1f} ms -> {step_s * 1e3:.0f} ms per step, "
+                f"{s.B / step_s:,.0f} tokens/s, 100M tokens in {1e8 * step_s / s.B / 3600:.1f} h"
+            )
 
 
 if __name__ == "__main__":

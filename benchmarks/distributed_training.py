@@ -12,7 +12,7 @@ training steps (model load and normalisation estimate excluded). The layouts:
 The six (layout, data) runs are alternated ``--repeats`` times in one go and the median
 tokens/s of each is printed with its ratio to ``1 proc, live``.
 
-    python benchmarks/distributed_training.py [--d-sae 4096] [--steps 60] [--repeats 2]
+    python benchmarks/distributed_training.py [--d-sae 1024] [--steps 60] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def launch(nproc: int, threads: int, cfg: dict, folder: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--d-sae", type=int, default=4096, help="features per layer")
+    ap.add_argument("--d-sae", type=int, default=1024, help="features per layer")
     ap.add_argument("--batch", type=int, default=1024, help="train_batch_size_tokens")
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=2)
