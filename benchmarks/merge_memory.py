@@ -1,9 +1,9 @@
 """Peak memory of merging a feature-sharded checkpoint, against the size of the CLT.
 
 Writes a checkpoint of ``--shards`` feature shards of a random CLT (``--layers`` x
-``--d-model`` x ``--d-sae`` features per layer, fp32; weights only, no Adam state), then
+``--d-model`` x ``--d-sae`` features per layer, fp32; weights and Adam's moments, as a training checkpoint holds them), then
 merges it in a fresh process, twice, alternated: with ``merge_checkpoint`` (one shard in
-memory at a time, positioned writes) and the naive way (read every shard, ``torch.cat``,
+memory at a time, positioned writes) and the naive way (read every shard's weights, ``torch.cat``,
 ``save_model``). Each child reports its peak resident memory during the merge (sampled
 every 2 ms) above what it held before it. The merged files must be identical.
 
@@ -27,7 +27,7 @@ import sae_lens_clt.transcoders  # noqa: F401  (registers the architectures)
 from sae_lens_clt.training import checkpoints
 from sae_lens_clt.training.merge import merge_checkpoint
 from sae_lens_clt.transcoders import CrossLayerTranscoder
-from safetensors.torch import load_file
+from safetensors import safe_open
 kind, ckpt, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 proc = psutil.Process()
 before = proc.memory_info().rss
@@ -44,7 +44,10 @@ if kind == "merge_checkpoint":
 else:
     state = checkpoints.read_state_json(ckpt)
     files = checkpoints.shard_files(ckpt, state)
-    parts = [load_file(str(f)) for f in files]
+    parts = []
+    for f in files:  # the weights only (a checkpoint also holds Adam's moments)
+        with safe_open(str(f), framework="pt") as h:
+            parts.append({k: h.get_tensor(k) for k in h.keys() if k.startswith("clt.")})
     dims = state["feature_dims"]
     merged = {}
     for key in parts[0]:
@@ -88,6 +91,9 @@ def write_checkpoint(folder: Path, L: int, d: int, F: int, shards: int) -> int:
             clt.in_scale.fill_(2.0)
             clt.out_scale.fill_(0.5)
         opt = torch.optim.Adam(clt.parameters())
+        for p in clt.parameters():  # one step, so the shard holds Adam's moments as a real one
+            p.grad = torch.zeros_like(p)
+        opt.step()
         steps = torch.zeros(L, F // shards, dtype=torch.long)
         checkpoints.write_shard(folder, clt, opt, steps, r, shards)
         n_bytes += sum(

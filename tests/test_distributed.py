@@ -293,3 +293,15 @@ def test_tp2_by_dp2_on_four_processes_equals_one_process(cache_path: Path, tmp_p
         timeout=400,
     )
     assert_same_weights(got, ref)
+
+
+def test_a_cache_resume_refuses_settings_that_move_the_data(
+    cache_path: Path, tmp_path: Path
+) -> None:
+    base = {"cached_activations_path": str(cache_path)}
+    one_process(
+        tiny_cfg(**base, checkpoint_path=str(tmp_path / "ckpt"), n_checkpoints=1), cache=True
+    )
+    resume = str(tmp_path / "ckpt" / "step_12")
+    with pytest.raises(ValueError, match="seed: checkpoint 7, run 8"):
+        one_process(tiny_cfg(**base, seed=8, resume_from_checkpoint=resume), cache=True)

@@ -57,7 +57,10 @@ _SMALL_RUN = (
 SMALLER: dict[str, list[tuple[str, str]]] = {
     "README.md": [
         ("training_tokens=2_400_000,", f"training_tokens=4_096, {_SMALL_RUN}"),
-        ("training_tokens: 2_000_000\n", "training_tokens: 4_096\ncontext_size: 64\nverbose: false\n"),
+        (
+            "training_tokens: 2_000_000\n",
+            "training_tokens: 4_096\ncontext_size: 64\nverbose: false\n",
+        ),
     ],
     "docs/tutorial.md": [
         ("training_tokens=2_400_000,", "training_tokens=4_096,"),
@@ -204,7 +207,9 @@ def run_torchrun(line: str) -> str:
     argv = [sys.executable, "-m", "torch.distributed.run", *shlex.split(line)[1:]]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, f"`{line}` exited {r.returncode}:\n{r.stdout[-2000:]}{r.stderr[-3000:]}"
+    assert r.returncode == 0, (
+        f"`{line}` exited {r.returncode}:\n{r.stdout[-2000:]}{r.stderr[-3000:]}"
+    )
     return r.stdout
 
 

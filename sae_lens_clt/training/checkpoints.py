@@ -69,6 +69,7 @@ class Checkpoint:
     tp: int = 1
     dp: int = 1
     data_source: str = "live"
+    runner_config: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -94,7 +95,9 @@ def feature_dims(clt: Any) -> dict[str, int | None]:
     dims: dict[str, int | None] = {}
     for name in clt.state_dict():
         if name in a and a[name] != b[name]:
-            dims[name] = next(i for i, (u, v) in enumerate(zip(a[name], b[name], strict=True)) if u != v)
+            dims[name] = next(
+                i for i, (u, v) in enumerate(zip(a[name], b[name], strict=True)) if u != v
+            )
         else:
             dims[name] = None
     return dims
@@ -176,11 +179,16 @@ def write_state_json(
     return atomic_write_json(staging / STATE_JSON, state, indent=2, default=str)
 
 
-def commit(staging: Path, folder: Path) -> Path:
-    """Rank 0, after every rank wrote: the staging folder becomes ``folder`` in one rename."""
-    missing = [] if (staging / STATE_JSON).is_file() else [STATE_JSON]
+def commit(staging: Path, folder: Path, expected: tuple[str, ...] | list[str] = ()) -> Path:
+    """Rank 0, after every rank wrote: the staging folder becomes ``folder`` in one rename.
+
+    ``expected``: the files every rank should have written (shards, RNG states)."""
+    missing = [n for n in [STATE_JSON, *expected] if not (staging / n).is_file()]
     if missing:
-        raise CLTFormatError(f"{staging}: incomplete checkpoint, missing {missing}")
+        raise CLTFormatError(
+            f"{staging}: incomplete checkpoint, missing {missing}; every rank must write to "
+            "the same checkpoint_path (on several nodes: a shared filesystem)"
+        )
     fd = os.open(staging, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -267,7 +275,13 @@ def load_checkpoint(
         )
     with safe_open(str(files[0]), framework="pt") as h:
         names = list(h.keys())
-    dims = state.get("feature_dims") or state_feature_dims(clt, optimizer)
+    legacy = "feature_dims" not in state
+    if legacy and (shard.start, shard.stop) != (0, total):
+        raise CLTFormatError(
+            f"{folder}: a checkpoint of sae_lens_clt 0.2 (one process) resumes in one process "
+            "only (tensor_parallel_size=1); resume it there, then change the layout"
+        )
+    dims = state["feature_dims"] if not legacy else state_feature_dims(clt, optimizer)
     tensors = read_sharded(files, total, dims, [n for n in names if n != "rng_state"], shard)
     clt.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("clt.")}, strict=True)
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
@@ -293,4 +307,5 @@ def load_checkpoint(
         tp=int(state.get("tp", 1)),
         dp=saved_dp,
         data_source=state.get("data_source", "live"),
+        runner_config=state.get("runner_config") or {},
     )

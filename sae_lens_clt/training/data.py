@@ -23,6 +23,7 @@ The rule (what makes a job's result independent of how it is split):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -53,9 +54,9 @@ class LiveSource:
         self.d_in, self.d_out = self.hooks.d_in, self.hooks.d_out
         self.n_layers = len(self.hooks.ins)
         self._stream: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+        if layout.dp > 1:  # on every rank, so that a refusal stops all of them alike
+            dataset = _data_shard(dataset, cfg, layout.dp, layout.dp_rank)
         if layout.is_data_leader:
-            if layout.dp > 1:
-                dataset = _data_shard(dataset, cfg, layout.dp, layout.dp_rank)
             group_cfg = dataclasses.replace(cfg, train_batch_size_tokens=B // layout.dp)
             store, _ = live.make_store(model, dataset, group_cfg)
             self._stream = live.stream(store, self.hooks)
@@ -64,8 +65,17 @@ class LiveSource:
     def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
         layout = self.layout
         if self._stream is not None:
-            x, y = next(self._stream)
+            try:
+                x, y = next(self._stream)
+            except BaseException:
+                layout.data_leader_failed()  # the group's other ranks raise too
+                raise
         shape = layout.broadcast_shape(tuple(x.shape) if self._stream is not None else None)
+        if shape[0] < 0:
+            raise RuntimeError(
+                f"{layout.describe()}: the first rank of this tensor-parallel group could not "
+                "read the next batch from the live store (its own error says why)"
+            )
         if self._stream is None:
             dev = layout.device
             x = torch.empty(shape, dtype=self._dtype, device=dev)
@@ -106,6 +116,14 @@ class CacheSource:
         self.d_in, self.d_out, self.n_layers = cache.d_in, cache.d_out, cache.n_layers
         self._dtype = getattr(torch, cfg.dtype) if isinstance(cfg.dtype, str) else cfg.dtype
         self.n_norm = cfg.n_batches_for_norm_estimate
+        needed = (self.n_norm + cfg.total_training_steps) * B
+        if needed > cache.n_rows and layout.is_main:
+            warnings.warn(
+                f"the run reads {needed:,} rows but the cache holds {cache.n_rows:,}: it will "
+                "see them more than once (build a larger cache: sae-lens-clt cache-activations "
+                "--n-tokens)",
+                stacklevel=2,
+            )
 
     def _read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cache.read_positions(
@@ -145,5 +163,12 @@ def _data_shard(dataset: Any, cfg: Any, n: int, index: int) -> Any:
         raise ValueError(
             "data-parallel training from the live store needs a datasets.Dataset (or a name) "
             f"it can shard; got {type(dataset).__name__}. Or train from an activation cache."
+        )
+    n_files = getattr(dataset, "num_shards", None)  # a streaming dataset splits by files
+    if n_files is not None and not hasattr(dataset, "__len__") and n_files < n:
+        raise ValueError(
+            f"the streaming dataset has {n_files} file(s), fewer than the {n} data-parallel "
+            "groups that each need their own: stream fewer groups, set streaming=False, or "
+            "train from an activation cache"
         )
     return dataset.shard(num_shards=n, index=index)

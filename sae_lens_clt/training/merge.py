@@ -6,8 +6,9 @@ Algorithm (checkpoint ``step_N/`` with ``tp`` shards of ``F/tp`` features per la
    feature dimension of every tensor.
 2. For each shard ``t``: build the registered training class at ``d_sae = F/tp`` on the CPU,
    load the shard's ``clt.*`` tensors and call its own ``to_inference()`` (the variant's
-   folding of the normalisation scales into the weights). Peak memory: about two copies of
-   one shard, ``2/tp`` of the CLT — never the whole CLT twice.
+   folding of the normalisation scales into the weights). Only the ``clt.*`` tensors are
+   read (not Adam's moments) into a module built on the meta device, so the peak is about
+   two copies of one shard's weights, ``2/tp`` of the CLT — never the whole CLT twice.
 3. The first shard fixes each tensor's dtype; the output ``sae_weights.safetensors`` is
    laid out with the full shapes (header first) and each shard's tensors are written into
    their slices of it with positioned writes (``os.pwrite``: for a tensor viewed as
@@ -39,7 +40,7 @@ from sae_lens_clt import registry
 from sae_lens_clt.formats import circuit_tracer, saelens
 from sae_lens_clt.formats.atomic import atomic_write_json
 from sae_lens_clt.formats.errors import CLTFormatError
-from sae_lens_clt.formats.safetensors import read_tensors
+from sae_lens_clt.formats.safetensors import read_tensors, tensor_shapes
 from sae_lens_clt.training import checkpoints
 
 # safetensors' dtype names
@@ -59,15 +60,29 @@ def _shard_inference(state: dict[str, Any], file: Path, d_sae: int) -> Any:
     reg = registry.registration(cfg_dict["architecture"])
     if reg.training_config_class is None:
         raise CLTFormatError(f"architecture {cfg_dict['architecture']!r} has no training class")
-    cfg = reg.training_config_class.from_dict(cfg_dict)
-    with torch.random.fork_rng(devices=[]):  # the init is overwritten; leave the RNG alone
-        clt = reg.training_class(cfg)
-    tensors = read_tensors(file)
-    clt.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("clt.")})
+    cfg = reg.training_config_class.from_dict({**cfg_dict, "device": "meta"})
+    clt = reg.training_class(cfg)  # on the meta device: no init, no memory
+    names = [n for n in tensor_shapes(file) if n.startswith("clt.")]  # not Adam's moments
+    tensors = read_tensors(file, names)
+    clt.load_state_dict({k[4:]: v for k, v in tensors.items()}, assign=True)
+    clt.cfg.device = "cpu"  # the tensors now live there; to_inference builds on cfg.device
+    clt.device = torch.device("cpu")
     del tensors
     inference = clt.to_inference()
     del clt
     return inference
+
+
+def _write_at(fd: int, data: Any, offset: int, chunk: int = 1 << 30) -> None:
+    """All of ``data`` (a uint8 array) at ``offset``: one ``pwrite`` moves at most ~2 GiB
+    and may move less, so write in chunks until every byte is down."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.pwrite(fd, view[done : done + chunk], offset + done)
+        if n <= 0:
+            raise OSError(f"pwrite wrote {n} bytes at offset {offset + done}")
+        done += n
 
 
 def _header(
@@ -150,20 +165,20 @@ def merge_checkpoint(
                     os.ftruncate(fd, len(head) + n_bytes)
                     base = len(head)
                 for name, shape in shapes.items():
-                    dim = dims.get(name) if dims else _grown_dim(part.cfg, name, size)
+                    dim = dims[name] if name in dims else _grown_dim(part.cfg, name, size)
                     if dim is None and t > 0:
                         continue  # replicated: shard 0 wrote it
                     src = tensors[name].detach().contiguous().cpu()
                     at = base + offsets[name]
                     if dim is None:
-                        os.pwrite(fd, src.view(-1).view(torch.uint8).numpy().tobytes(), at)
+                        _write_at(fd, src.view(-1).view(torch.uint8).numpy(), at)
                         continue
                     outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1 :])
                     rows = src.reshape(outer, size * inner).view(torch.uint8).numpy()
                     stride = total * inner * src.dtype.itemsize  # bytes per outer index
                     start = t * size * inner * src.dtype.itemsize
                     for o in range(outer):
-                        os.pwrite(fd, rows[o].tobytes(), at + o * stride + start)
+                        _write_at(fd, rows[o], at + o * stride + start)
                 del part, tensors
             os.fsync(fd)
         os.chmod(tmp, 0o644)

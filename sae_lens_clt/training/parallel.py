@@ -47,6 +47,21 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def rank_device(device: str) -> str:
+    """This rank's device: ``cuda`` becomes ``cuda:LOCAL_RANK`` under a launcher."""
+    if launched_by_torchrun() and device.startswith("cuda"):
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return device
+
+
+def is_collective_failure(e: BaseException) -> bool:
+    """Whether an exception comes from a failed collective (a peer gone or unreachable)."""
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return any(k in text for k in ("gloo", "NCCL", "Connection reset", "Connection closed"))
+
+
 @dataclass
 class ParallelLayout:
     """Where this process sits in a ``tp × dp`` job (step 1); ``tp = dp = 1`` alone."""
@@ -105,9 +120,8 @@ class ParallelLayout:
         if world == 1:
             return cls(device=device)
         rank = int(os.environ["RANK"])
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = rank_device(device)
         if device.startswith("cuda"):
-            device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
         owns = not dist.is_initialized()
         if owns:
@@ -171,7 +185,10 @@ class ParallelLayout:
         """Mean of each gradient over the data-parallel group, one flat all-reduce (step 4)."""
         if self.dp == 1:
             return
-        grads = [p.grad for p in params if p.grad is not None]
+        for p in params:  # every rank must send the same buffer layout
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, group=self.dp_group)
         flat /= self.dp
@@ -197,6 +214,10 @@ class ParallelLayout:
             v = v.to(self.device)
             dist.all_reduce(v)
         return v.cpu()
+
+    def data_leader_failed(self) -> None:
+        """The data leader could not produce a batch: tell its group (then raise)."""
+        self.broadcast_shape((-1, -1, -1))
 
     def barrier(self) -> None:
         if self.world > 1:

@@ -38,6 +38,7 @@ Algorithm:
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 import warnings
@@ -57,7 +58,12 @@ from sae_lens_clt.training import checkpoints
 from sae_lens_clt.training.config import CLTTrainingRunnerConfig
 from sae_lens_clt.training.data import CacheSource, LiveSource
 from sae_lens_clt.training.merge import merge_checkpoint
-from sae_lens_clt.training.parallel import DistributedJobError, ParallelLayout
+from sae_lens_clt.training.parallel import (
+    DistributedJobError,
+    ParallelLayout,
+    is_collective_failure,
+    rank_device,
+)
 from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 from sae_lens_clt.transcoders.clt_training import TrainingCrossLayerTranscoder
 
@@ -95,7 +101,10 @@ class CLTTrainingRunner:
             self.dataset = live.load_dataset_for(cfg)
         self.model = override_model
         if self.model is None and needs_model:
-            self.model = live.load_model_for(cfg)
+            # under torchrun each rank's model goes on its own device (cuda:LOCAL_RANK)
+            self.model = live.load_model_for(
+                dataclasses.replace(cfg, device=rank_device(cfg.device))
+            )
         if self.model is not None:
             self.model.eval()
         self.n_layers = self.cache.n_layers if self.cache is not None else self.model.cfg.n_layers
@@ -198,13 +207,13 @@ class CLTTrainingRunner:
         flags = [(p, p.requires_grad) for p in params]
         for p, _ in flags:
             p.requires_grad_(False)
-        self.layout = ParallelLayout.from_environment(
-            self.cfg.tensor_parallel_size, self.cfg.device, self.cfg.distributed_timeout_s
-        )
         try:
+            self.layout = ParallelLayout.from_environment(
+                self.cfg.tensor_parallel_size, self.cfg.device, self.cfg.distributed_timeout_s
+            )
             return self._run()
         except RuntimeError as e:
-            if self.layout.world == 1 or isinstance(e, TrainingDivergedError):
+            if self.layout is None or self.layout.world == 1 or not is_collective_failure(e):
                 raise
             last = self._last_checkpoint()
             raise DistributedJobError(
@@ -219,7 +228,8 @@ class CLTTrainingRunner:
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
-            self.layout.close()
+            if self.layout is not None:
+                self.layout.close()
 
     def _run(self) -> CrossLayerTranscoder | None:
         c = self.cfg
@@ -532,8 +542,12 @@ class CLTTrainingRunner:
             if layout.tp == 1:
                 clt.save_inference_model(inference)
             else:
-                merge_checkpoint(staging, inference, verbose=False)
-            checkpoints.commit(staging, folder)
+                merge_checkpoint(
+                    staging, inference, metadata=self._training_metadata(), verbose=False
+                )
+            expected = [checkpoints.shard_filename(t, layout.tp) for t in range(layout.tp)]
+            expected += [checkpoints.rng_filename(d, layout.dp) for d in range(layout.dp)]
+            checkpoints.commit(staging, folder, expected)
         layout.barrier()
         return folder
 
@@ -555,6 +569,20 @@ class CLTTrainingRunner:
                 f"resuming from {folder}: it was trained from the {state.data_source} data, this "
                 f"run reads the {source.kind} data; resume with the original data source"
             )
+        if source.kind == "cache":
+            saved = state.runner_config
+            changed = [
+                f"{k}: checkpoint {saved.get(k)!r}, run {getattr(self.cfg, k)!r}"
+                for k in ("seed", "train_batch_size_tokens", "n_batches_for_norm_estimate",
+                          "cache_shuffle", "cached_activations_path")
+                if k in saved and saved[k] != getattr(self.cfg, k)
+            ]  # fmt: skip
+            if changed:
+                raise ValueError(
+                    f"resuming from {folder}: these settings decide which rows each step reads "
+                    "and differ from the checkpoint's (" + "; ".join(changed) + "): resume "
+                    "with the checkpoint's values"
+                )
         if source.kind == "live" and state.dp != layout.dp:
             raise ValueError(
                 f"resuming from {folder}: it ran with {state.dp} data-parallel group(s), this job "
@@ -575,13 +603,14 @@ class CLTTrainingRunner:
                 leave=False,
             ),
         )
-        if (
+        replayed = not (
             source.kind == "live"
             and layout.is_data_leader
             and state.rng_state is not None
             and not torch.equal(torch.get_rng_state(), state.rng_state)
-        ):
-            raise RuntimeError(
+        )
+        if not layout.agree(replayed):  # every rank learns it, so every rank stops
+            raise ValueError(
                 f"resuming from {folder}: the replayed data stream does not match the checkpoint "
                 "(different dataset, seed or settings?); resume with the original config"
             )
