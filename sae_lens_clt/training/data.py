@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sae_lens_clt.activations import live
+from sae_lens_clt.formats.safetensors import to_torch_dtype
 from sae_lens_clt.training.parallel import ParallelLayout
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class LiveSource:
             group_cfg = dataclasses.replace(cfg, train_batch_size_tokens=B // layout.dp)
             store, _ = live.make_store(model, dataset, group_cfg)
             self._stream = live.stream(store, self.hooks)
-        self._dtype = getattr(torch, cfg.dtype) if isinstance(cfg.dtype, str) else cfg.dtype
+        self._dtype = to_torch_dtype(cfg.dtype)
 
     def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
         layout = self.layout
@@ -95,9 +96,6 @@ class LiveSource:
         for _ in progress(range(batches_drawn)):
             self._next()
 
-    def rng_state(self) -> torch.Tensor:
-        return torch.get_rng_state()
-
 
 class CacheSource:
     """This rank's rows of each global batch, read from the disk cache (memory-mapped)."""
@@ -114,7 +112,7 @@ class CacheSource:
                 "ranks: make it a multiple of the data-parallel size"
             )
         self.d_in, self.d_out, self.n_layers = cache.d_in, cache.d_out, cache.n_layers
-        self._dtype = getattr(torch, cfg.dtype) if isinstance(cfg.dtype, str) else cfg.dtype
+        self._dtype = to_torch_dtype(cfg.dtype)
         self.n_norm = cfg.n_batches_for_norm_estimate
         needed = (self.n_norm + cfg.total_training_steps) * B
         if needed > cache.n_rows and layout.is_main:
@@ -148,9 +146,6 @@ class CacheSource:
 
     def replay(self, batches_drawn: int, progress: Any) -> None:
         """Nothing to replay: the data position is the step."""
-
-    def rng_state(self) -> torch.Tensor:
-        return torch.get_rng_state()
 
 
 def _data_shard(dataset: Any, cfg: Any, n: int, index: int) -> Any:

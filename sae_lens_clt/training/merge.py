@@ -40,18 +40,10 @@ from sae_lens_clt import registry
 from sae_lens_clt.formats import circuit_tracer, saelens
 from sae_lens_clt.formats.atomic import atomic_write_json
 from sae_lens_clt.formats.errors import CLTFormatError
-from sae_lens_clt.formats.safetensors import read_tensors, tensor_shapes
+from sae_lens_clt.formats.safetensors import DTYPES, read_tensors, tensor_shapes
 from sae_lens_clt.training import checkpoints
 
-# safetensors' dtype names
-_ST_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-}
+_ST_DTYPES = {dtype: name for name, dtype in DTYPES.items()}  # torch dtype -> safetensors name
 
 
 def _shard_inference(state: dict[str, Any], file: Path, d_sae: int) -> Any:

@@ -519,7 +519,7 @@ class CLTTrainingRunner:
                 staging, clt, optimizer, steps_since_fired, layout.tp_rank, layout.tp
             )
         if layout.is_data_leader:
-            checkpoints.write_rng(staging, self.source.rng_state(), layout.dp_rank, layout.dp)
+            checkpoints.write_rng(staging, torch.get_rng_state(), layout.dp_rank, layout.dp)
         layout.barrier()
         if layout.is_main:
             progress = checkpoints.Checkpoint(
