@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("sae_lens_clt.dashboards", "sae_lens_clt.viewer"),  # read graphs and features
     ("sae_lens_clt.labels", "sae_lens_clt.training"),
+    ("sae_lens_clt.circuits",),  # prompt sets, global weights, supernodes
     ("sae_lens_clt.testing",),
     ("sae_lens_clt.cli",),
     ("sae_lens_clt",),  # the package's public face

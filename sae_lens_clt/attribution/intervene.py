@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_lens_clt.attribution.attribute import Prompt, check_compatible, to_tokens
+from sae_lens_clt.attribution.inputs import Prompt, check_compatible, to_tokens
 from sae_lens_clt.registry import Transcoder
 from sae_lens_clt.replacement import ReplacementHooks
 
