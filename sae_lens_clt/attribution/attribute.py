@@ -15,7 +15,8 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; docs/design.md §3):
    Source vectors: active feature ``a_s W_dec[s -> t]`` written at every ``t >= s``;
    error ``e_{l,p}`` at layer ``l``; embedding ``W_E[tok_p]`` (+ ``W_pos[p]``).
 3. **Targets**: demeaned logits of the most probable tokens (until their probabilities
-   sum to ``desired_logit_prob`` or there are ``max_n_logits``): gradient
+   sum to ``desired_logit_prob`` or there are ``max_n_logits``), or of the tokens the user
+   names (``targets``, in that order; see :func:`target_weights` for their weights): gradient
    ``W_U[:, tok] - mean_v W_U[:, v]`` injected at the unembedding input of the last
    position (so a final logit soft-cap, as in Gemma-2, is outside the linear target); active features' pre-activations: ``W_enc[l][:, f]`` at the CLT input of
    layer ``l``, position ``p``.
@@ -40,7 +41,9 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; docs/design.md §3):
 from __future__ import annotations
 
 import functools
+import operator
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +80,78 @@ def select_logits(
     k = int(torch.searchsorted(top_p.cumsum(0), torch.tensor(desired_logit_prob))) + 1
     k = min(k, top_ids.numel())
     return top_ids[:k], top_p[:k]
+
+
+TARGET_WEIGHT_FLOOR = 1e-6  # below this total probability, targets are weighted renormalised
+
+
+def resolve_targets(model: HookedTransformer, targets: Sequence[str | int]) -> torch.Tensor:
+    """Token ids ``[k]`` of user-named logit targets, in the given order.
+
+    Each entry is a token id in ``[0, d_vocab)`` or a string that tokenizes (without BOS,
+    ``model.to_tokens(s, prepend_bos=False)``) to exactly one token. Raises a ValueError
+    naming the entry for anything else, for an empty list and for a token named twice.
+    """
+    if isinstance(targets, str | int) or not isinstance(targets, Sequence | torch.Tensor):
+        raise ValueError(
+            f"targets must be a list of token strings / ids (e.g. [' Austin']), got {targets!r}"
+        )
+    d_vocab = int(model.cfg.d_vocab)
+    ids: list[int] = []
+    for entry in targets:
+        if isinstance(entry, str):
+            if getattr(model, "tokenizer", None) is None:
+                raise ValueError(
+                    f"target {entry!r} is a string but the model has no tokenizer: pass its "
+                    "token id instead"
+                )
+            toks = model.to_tokens(entry, prepend_bos=False)[0].tolist()
+            if len(toks) != 1:
+                pieces = [model.tokenizer.decode([t]) for t in toks]
+                raise ValueError(
+                    f"target {entry!r} is {len(toks)} tokens ({toks}: {pieces}), not one: "
+                    "name a single token (e.g. its first token) or pass a token id"
+                )
+            token = int(toks[0])
+        else:
+            try:
+                if isinstance(entry, bool):
+                    raise TypeError
+                token = operator.index(entry)
+            except TypeError:
+                raise ValueError(
+                    f"target {entry!r} is neither a token string nor a token id"
+                ) from None
+            if not 0 <= token < d_vocab:
+                raise ValueError(
+                    f"target token id {token} is outside the vocabulary [0, {d_vocab})"
+                )
+        if token in ids:
+            raise ValueError(
+                f"target {entry!r} names token {token} a second time: each target is one "
+                "logit node, name each token once"
+            )
+        ids.append(token)
+    if not ids:
+        raise ValueError("targets is empty: name at least one token (or pass None)")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def target_weights(last_logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The weights ``[k]`` of user-named logit targets in influence and pruning.
+
+    The model's probabilities of ``token_ids`` at this position (``last_logits [V]``);
+    when those sum to less than :data:`TARGET_WEIGHT_FLOOR`, the same probabilities
+    renormalised to sum 1, computed as a softmax over the targets' logits alone (exact
+    however small each probability is, so never all zero). Influence, pruning and the
+    scores depend only on the ratios of the weights, so renormalising changes no result;
+    it only keeps the totals clear of the ``1e-10`` guards in ``prune.py``.
+    """
+    logits = last_logits.float()[token_ids]
+    probs = torch.softmax(last_logits.float(), dim=-1)[token_ids]
+    if float(probs.sum()) >= TARGET_WEIGHT_FLOOR:
+        return probs
+    return torch.softmax(logits, dim=-1)
 
 
 # ---------------------------------------------------------------------- step 1
@@ -341,6 +416,7 @@ def attribute(
     max_feature_nodes: int | None = None,
     batch_size: int = 128,
     update_interval: int = 4,
+    targets: Sequence[str | int] | None = None,
     verbose: bool = False,
 ) -> AttributionGraph:
     """Attribution graph of ``prompt`` over the CLT local replacement model.
@@ -351,11 +427,20 @@ def attribute(
         clt: a transcoder (any registered variant, :class:`sae_lens_clt.registry.Transcoder`)
             over every layer of ``model``.
         prompt: a string (needs ``model.tokenizer``) or token ids; BOS is prepended.
-        max_n_logits / desired_logit_prob: which output tokens become logit nodes.
+        max_n_logits / desired_logit_prob: which output tokens become logit nodes (the most
+            probable ones), unless ``targets`` names them.
         max_feature_nodes: if set, only this many features (the most influential ones,
             ranked progressively) become nodes.
         batch_size: target rows per backward pass.
         update_interval: batches between two re-rankings (with ``max_feature_nodes``).
+        targets: the output tokens to explain, in this order, instead of the top logits:
+            token ids, or strings of exactly one token each (e.g. ``[" Austin"]``), each
+            named once. Their logit nodes are weighted (``logit_probabilities``, what
+            influence, pruning and scores read) by the model's probabilities of them on
+            this prompt, or by those probabilities renormalised to sum 1 when they sum to
+            less than ``1e-6`` (:func:`target_weights`; same ratios, so the same graph
+            analysis); the model's own probabilities are in
+            ``metadata["target_probabilities"]`` either way.
         verbose: print timings.
 
     Returns:
@@ -366,12 +451,16 @@ def attribute(
     settings = _checked_settings(
         max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
     )
+    target_ids = None if targets is None else resolve_targets(model, targets)
+    settings["targets"] = (
+        None if targets is None else [t if isinstance(t, str) else int(t) for t in targets]
+    )
     tokens = to_tokens(model, prompt)
     with no_param_grads(model, clt):
         fwd = frozen_forward(model, clt, tokens)  # step 1
         t_fwd = time.perf_counter()
         rc = _RowComputer(model, clt, fwd)  # step 2
-        logit_ids, logit_probs, logit_vecs = _logit_targets(model, fwd, settings)  # step 3
+        logit_ids, logit_probs, logit_vecs = _logit_targets(model, fwd, settings, target_ids)
         n_keep = (
             rc.n_features if max_feature_nodes is None else min(max_feature_nodes, rc.n_features)
         )
@@ -381,6 +470,7 @@ def attribute(
             adjacency, selected, n_batches = _ranked_rows(
                 rc, logit_vecs, logit_probs, n_keep, batch_size, update_interval
             )
+        last_probs = torch.softmax(fwd.logits[-1].float(), dim=-1).cpu()  # [V]
     del fwd
     timing = {"forward": t_fwd - start, "total": time.perf_counter() - start}
     graph = AttributionGraph(  # step 6
@@ -395,6 +485,8 @@ def attribute(
             model, clt, prompt, tokens, logit_ids, settings, rc.n_features, n_batches, timing
         ),
     )
+    if target_ids is not None:  # the weights are logit_probabilities; these are the model's
+        graph.metadata["target_probabilities"] = last_probs[logit_ids].tolist()
     if verbose:
         print(
             f"attribute: {tokens.numel()} tokens, {rc.n_features} active features "
@@ -428,12 +520,20 @@ def _checked_settings(
 
 
 def _logit_targets(
-    model: HookedTransformer, fwd: FrozenForward, settings: dict[str, Any]
+    model: HookedTransformer,
+    fwd: FrozenForward,
+    settings: dict[str, Any],
+    target_ids: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step 3: ``(token ids [k], probabilities [k], demeaned unembedding rows [k, d_model])``."""
-    logit_ids, logit_probs = select_logits(
-        fwd.logits[-1], settings["max_n_logits"], settings["desired_logit_prob"]
-    )
+    """Step 3: ``(token ids [k], weights [k], demeaned unembedding rows [k, d_model])``:
+    the top logits and their probabilities, or ``target_ids`` and :func:`target_weights`."""
+    if target_ids is None:
+        logit_ids, logit_probs = select_logits(
+            fwd.logits[-1], settings["max_n_logits"], settings["desired_logit_prob"]
+        )
+    else:
+        logit_ids = target_ids.to(fwd.logits.device)
+        logit_probs = target_weights(fwd.logits[-1], logit_ids)
     W_U = model.W_U.detach()  # [d_model, d_vocab]
     logit_vecs = (W_U[:, logit_ids] - W_U.mean(dim=1, keepdim=True)).T  # [k, d_model]
     return logit_ids.cpu(), logit_probs.cpu(), logit_vecs
