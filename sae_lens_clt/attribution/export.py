@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,9 +180,13 @@ def graph_json(
     scan: str | None = None,
     labels: Mapping[tuple[int, int], str] | None = None,
     pruned: PruneResult | None = None,
+    supernodes: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The graph JSON as a dict (steps 1-2). ``labels`` maps ``(layer, feature)`` to a
-    feature's description (the ``clerp``)."""
+    feature's description (the ``clerp``). ``supernodes``: ``[name, node_id, ...]`` lists
+    (e.g. from :func:`sae_lens_clt.circuits.supernode_json`) for ``qParams.supernodes``,
+    Neuronpedia's grouping; members not in the written graph are left out, and the members
+    are pinned."""
     if pruned is None:
         pruned = prune_graph(graph, node_threshold, edge_threshold)
     labels = labels or {}
@@ -242,6 +246,13 @@ def graph_json(
         for n in nodes.values()
         if n["node_id"] in linked or n["feature_type"] in FEATURE_TYPES[2:]
     ]
+    written = {n["node_id"] for n in kept}
+    groups = []
+    for name, *members in supernodes or []:
+        present = [m for m in members if m in written]
+        if present:
+            groups.append([str(name), *present])
+    pinned = list(dict.fromkeys(m for _, *members in groups for m in members))
     prompt = graph.metadata.get("prompt") or "".join(tok_strs[1:])
     clt_name = (graph.metadata.get("clt") or {}).get("model_name") or "sae-lens-clt"
     return {
@@ -255,8 +266,8 @@ def graph_json(
             "schema_version": 1,
         },
         "qParams": {
-            "pinnedIds": [],
-            "supernodes": [],
+            "pinnedIds": pinned,
+            "supernodes": groups,
             "linkType": "both",
             "clickedId": "",
             "sg_pos": "",
