@@ -2,7 +2,8 @@
 
 ``attribute`` builds an :class:`AttributionGraph` of exact direct effects; the graph prunes
 itself, scores itself, exports circuit-tracer / Neuronpedia JSON and draws itself;
-``intervene`` checks a circuit by ablating or steering features.
+``intervene`` checks a circuit by ablating or steering features; ``faithfulness`` compares
+the graph's predicted feature effects with interventions on the real model.
 
 Example::
 
@@ -19,19 +20,23 @@ Example::
     result = intervene(model, clt, "The capital of the state containing Dallas is",
                        [(layer, pos, feature, 0.0)])   # ablate one feature
     result.logits[-1].softmax(-1)              # new next-token distribution
+    print(graph.faithfulness(model, clt))       # predicted vs real effects of top features
 """
 
 from sae_lens_clt.attribution.attribute import attribute, to_tokens
+from sae_lens_clt.attribution.faithfulness import FaithfulnessReport, faithfulness
 from sae_lens_clt.attribution.graph import AttributionGraph
 from sae_lens_clt.attribution.intervene import InterventionResult, intervene
 from sae_lens_clt.attribution.prune import GraphScores, PruneResult
 
 __all__ = [
     "AttributionGraph",
+    "FaithfulnessReport",
     "GraphScores",
     "InterventionResult",
     "PruneResult",
     "attribute",
+    "faithfulness",
     "intervene",
     "to_tokens",
 ]

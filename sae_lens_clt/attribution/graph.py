@@ -9,12 +9,18 @@ table, adjacency, save / load) with methods that prune it and score it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_lens_clt.attribution.export import write_graph_json
+from sae_lens_clt.attribution.faithfulness import FaithfulnessReport, faithfulness
 from sae_lens_clt.attribution.nodes import GraphData
 from sae_lens_clt.attribution.plot import plot_graph
 from sae_lens_clt.attribution.prune import GraphScores, PruneResult, graph_scores, prune_graph
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+    from sae_lens_clt.registry import Transcoder
 
 
 class AttributionGraph(GraphData):
@@ -35,3 +41,11 @@ class AttributionGraph(GraphData):
     def plot(self, path: str | Path | None = None, **kwargs: Any) -> Any:
         """Draw the pruned graph with matplotlib (see ``plot.py``); returns the figure."""
         return plot_graph(self, path, **kwargs)
+
+    def faithfulness(
+        self, model: HookedTransformer, clt: Transcoder, **kwargs: Any
+    ) -> FaithfulnessReport:
+        """The graph's predicted effects of its top features against interventions on the
+        replacement and the real model (see ``faithfulness.py``; ``top_k``, ``value``,
+        ``scale``, ``targets``, ``labels``)."""
+        return faithfulness(self, model, clt, **kwargs)

@@ -10,6 +10,10 @@ Steps:
    ``graph-metadata.json`` for circuit-tracer's server) and ``graph.png`` into ``--out``,
    with the feature labels cached next to a named CLT when there are any.
 3. Print the top logits, node counts, scores and timings.
+4. With ``--faithfulness [K]``: ablate the graph's ``K`` (default 20) most influential
+   features one at a time in the frozen replacement model and in the real model, print how
+   the graph's predicted logit effects agree with the measured ones
+   (:mod:`sae_lens_clt.attribution.faithfulness`) and write ``<slug>-faithfulness.json``.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
     from transformer_lens import HookedTransformer
 
+    from sae_lens_clt.attribution.graph import AttributionGraph
     from sae_lens_clt.transcoders.clt import CrossLayerTranscoder
 
 
@@ -49,6 +56,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--node-threshold", type=float, default=0.8)
     p.add_argument("--edge-threshold", type=float, default=0.98)
+    p.add_argument(
+        "--faithfulness",
+        type=int,
+        nargs="?",
+        const=20,
+        default=None,
+        metavar="K",
+        help="also ablate the K (default 20) most influential features in the replacement "
+        "and the real model and compare with the graph's predicted effects",
+    )
     p.add_argument("--d-sae", type=int, default=512, help="features per layer for --clt random")
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -155,6 +172,11 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     if not args.prompt.strip():
         raise UsageError("--prompt is empty — give the text to trace")
+    if args.faithfulness is not None and args.faithfulness < 1:
+        raise UsageError(
+            f"--faithfulness {args.faithfulness}: K must be >= 1 — the number of top features "
+            "to ablate (or give --faithfulness alone for 20)"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -204,6 +226,27 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"replacement score {scores.replacement:.3f}, completeness {scores.completeness:.3f}")
     print(f"time: load {t_load:.2f}s, attribute {graph.metadata['timing_s']['total']:.2f}s")
-    for suffix in ("safetensors", "json", "png"):
-        print(f"wrote {out / f'{args.slug}.{suffix}'}")
+    written = [out / f"{args.slug}.{suffix}" for suffix in ("safetensors", "json", "png")]
+    if args.faithfulness is not None:
+        written.append(write_faithfulness(graph, model, clt, args, labels, out))
+    for path in written:
+        print(f"wrote {path}")
     return 0
+
+
+def write_faithfulness(
+    graph: AttributionGraph,
+    model: HookedTransformer,
+    clt: CrossLayerTranscoder,
+    args: argparse.Namespace,
+    labels: dict[tuple[int, int], str],
+    out: Path,
+) -> Path:
+    """Step 4: print the faithfulness report and write it as JSON; returns the path."""
+    from sae_lens_clt.formats.atomic import atomic_write_json
+
+    t0 = time.perf_counter()
+    report = graph.faithfulness(model, clt, top_k=args.faithfulness, labels=labels)
+    print(report)
+    print(f"time: faithfulness {time.perf_counter() - t0:.2f}s")
+    return atomic_write_json(out / f"{args.slug}-faithfulness.json", report.to_dict(), indent=1)
