@@ -25,6 +25,7 @@ from sae_lens_clt import PerLayerTranscoder, PerLayerTranscoderConfig
 from sae_lens_clt.attribution import AttributionGraph, FaithfulnessReport, attribute, faithfulness
 from sae_lens_clt.attribution.faithfulness import total_effects
 from sae_lens_clt.attribution.paths import linear_effects, total_effect
+from tests.architectures import build as build_family
 from tests.architectures import perturb_norms
 from tests.test_attribution import random_clt, random_model
 
@@ -33,7 +34,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPT = torch.tensor([0, 5, 17, 42, 8, 91, 23, 64, 3, 77])
 
 
-def tiny_setup(seed: int = 0):
+def tiny_setup(seed: int = 0, family: str = "ln"):
+    """``ln``: a LayerNorm GELU model; ``gemma2``: RMS norms before and after attention and
+    MLP, gated MLP, GQA, rotary, a final logit soft-cap (tests/architectures.py)."""
+    if family == "gemma2":
+        fam = build_family("gemma2", seed=seed)
+        return fam.model, fam.clt
     model = random_model(n_layers=3, seed=seed)
     perturb_norms(model, seed)  # non-identity norm weights and biases
     clt = random_clt(model, d_sae=64, active_frac=0.06, seed=seed)
@@ -41,14 +47,24 @@ def tiny_setup(seed: int = 0):
 
 
 # ---------------------------------------------------------------------- 1. exactness
-@pytest.mark.parametrize("kw", [{"value": 0.0}, {"scale": 0.9}, {"scale": 3.0}])
-def test_prediction_is_the_replacement_run_where_no_threshold_is_crossed(kw) -> None:
-    model, clt = tiny_setup()
+@pytest.mark.parametrize(
+    ("family", "kw"),
+    [
+        ("ln", {"value": 0.0}),
+        ("ln", {"scale": 0.9}),
+        ("ln", {"scale": 3.0}),
+        ("gemma2", {"value": 0.0}),
+        ("gemma2", {"scale": 0.9}),
+    ],
+)
+def test_prediction_is_the_replacement_run_where_no_threshold_is_crossed(family, kw) -> None:
+    model, clt = tiny_setup(family=family)
     graph = attribute(model, clt, PROMPT)
     report = faithfulness(graph, model, clt, top_k=40, **kw)
     assert not report.partial_graph
     exact = report.exact_mask
     assert int(exact.sum()) >= 5, f"only {int(exact.sum())} of 40 cases cross no threshold"
+    print(family, kw, f"{int(exact.sum())} of 40 exact cases")
     scale = max(float(report.predicted.abs().max()), 1.0)
     torch.testing.assert_close(
         report.replacement[exact], report.predicted[exact], atol=1e-4 * scale, rtol=1e-4

@@ -9,12 +9,13 @@ Algorithm (a graph of ``n`` features and ``k`` logit targets; ``K`` = ``top_k``)
 1. **Top features**: the ``K`` features with the largest influence on the logits
    (:func:`sae_lens_clt.attribution.prune.node_influence`).
 2. **Predicted effects** ``[K, k]``: the total effect of each feature on each logit node's
-   demeaned logit over *all* paths of the graph, ``T = Ã_lf (I - Ã_ff)^-1`` ``[k, n]``
-   with ``Ã`` the per-unit direct effects (:func:`sae_lens_clt.attribution.paths.linear_effects`;
-   ``Ã_ff`` is strictly lower triangular in node order, so one triangular solve), times the
-   change of the feature's activation ``value - a`` (``-a`` for an ablation). Exact for the
-   frozen replacement model while no feature crosses its threshold, and only for a full
-   graph: with ``max_feature_nodes`` the unvisited features have no rows and cannot respond
+   demeaned logit over *all* paths of the graph, ``T = Ã_lf (I - Ã_ff)^-1`` ``[k, n]`` with
+   ``Ã`` the per-unit direct effects (the blocks of
+   :func:`sae_lens_clt.attribution.paths.linear_effects`; ``Ã_ff`` is strictly lower
+   triangular in node order, so this is one triangular solve), times the change of the
+   feature's activation ``value - a`` (``-a`` for an ablation). Exact for the frozen
+   replacement model while no feature crosses its threshold, and only for a full graph:
+   with ``max_feature_nodes`` the unvisited features have no rows and cannot respond
    (``FaithfulnessReport.partial_graph``).
 3. **Measured effects** ``[K, k]``, each feature intervened on alone by
    :func:`sae_lens_clt.attribution.intervene.intervene` (one clean and one intervened
@@ -49,7 +50,7 @@ from transformer_lens import HookedTransformer
 
 from sae_lens_clt.attribution.intervene import InterventionResult, intervene
 from sae_lens_clt.attribution.nodes import GraphData
-from sae_lens_clt.attribution.paths import linear_effects, node_name
+from sae_lens_clt.attribution.paths import node_name
 from sae_lens_clt.attribution.prune import node_influence
 from sae_lens_clt.registry import Transcoder
 
@@ -253,17 +254,23 @@ class FaithfulnessReport:
 # ---------------------------------------------------------------------- step 2
 def total_effects(graph: GraphData) -> torch.Tensor:
     """Total effect of every feature on every logit node over all paths, per unit of the
-    feature's activation: ``Ã_lf (I - Ã_ff)^-1`` ``[n_logits, n_features]`` (float64)."""
-    at = linear_effects(graph)  # [N, N]
+    feature's activation: ``Ã_lf (I - Ã_ff)^-1`` ``[n_logits, n_features]`` (float64).
+
+    ``Ã_ff`` / ``Ã_lf`` are the feature -> feature and feature -> logit blocks of
+    :func:`~sae_lens_clt.attribution.paths.linear_effects` (paths from a feature reach the
+    logits through features only: errors and embeddings have no rows, logits no columns),
+    built from those blocks alone so that no ``[N, N]`` float64 copy is made.
+    """
     nf = graph.n_features
-    m = at[:nf, :nf]  # feature -> feature
-    b = at[graph.logit_offset :, :nf]  # feature -> logit
+    per_unit = graph.activation_values.double().clamp(min=1e-12)[None, :]  # [1, nf]
+    b = graph.adjacency[graph.logit_offset :, :nf].double() / per_unit  # [k, nf]
     if nf == 0:
-        return b.clone()
-    eye = torch.eye(nf, dtype=at.dtype)
-    if not torch.triu(m).any():  # node order: sources below targets
-        return torch.linalg.solve_triangular(eye - m, b, upper=False, left=False)
-    return torch.linalg.solve(eye - m, b, left=False)
+        return b
+    system = graph.adjacency[:nf, :nf].double().div_(per_unit).neg_()  # -Ã_ff
+    system.diagonal().add_(1.0)  # I - Ã_ff
+    if not torch.triu(system, diagonal=1).any():  # node order: sources before targets
+        return torch.linalg.solve_triangular(system, b, upper=False, left=False)
+    return torch.linalg.solve(system, b, left=False)
 
 
 # ---------------------------------------------------------------------- step 3
