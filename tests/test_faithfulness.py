@@ -64,7 +64,6 @@ def test_prediction_is_the_replacement_run_where_no_threshold_is_crossed(family,
     assert not report.partial_graph
     exact = report.exact_mask
     assert int(exact.sum()) >= 5, f"only {int(exact.sum())} of 40 cases cross no threshold"
-    print(family, kw, f"{int(exact.sum())} of 40 exact cases")
     scale = max(float(report.predicted.abs().max()), 1.0)
     torch.testing.assert_close(
         report.replacement[exact], report.predicted[exact], atol=1e-4 * scale, rtol=1e-4
