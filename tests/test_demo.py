@@ -26,10 +26,24 @@ def test_demo_validates_the_two_hop_circuit(tmp_path: Path) -> None:
     before, after = r.ablation
     assert after < 0.5 * before, r.ablation  # " Austin" falls sharply
     assert r.steering[2] == " Sacramento", r.steering  # top-1 after steering
+    # supernodes of the 150 city prompts: Texas' say-capital group carries part of the
+    # effect, and its ablation is predicted by the graph
+    assert [f for f in r.supernodes["say Austin"]] and r.shares["say Austin"] > 0.1
+    check = next(c for c in r.checks if c.name == "say Austin")
+    assert check.replacement[0] < 0 and check.agrees(rel_tol=0.25), str(check)
+    assert check.real[0] < 0
+    # the Texas -> California swap makes " Sacramento" top-1 with far fewer features
+    scale, n_swapped, top, p_top, _ = r.swap[-1]
+    assert top == " Sacramento" and n_swapped < r.n_steered / 4, r.swap
+    # the verdict on a state representation comes with its evidence
+    assert r.routes_through_state is False and len(r.evidence) >= 2
+    assert r.faithfulness.summary["real"].pearson > 0.2
     assert r.paths and all("Dallas" in names[0] and "Austin" in names[-1] for _, names in r.paths)
-    for key in ("json", "figure"):
+    for key in ("json", "figure", "supernode_figure"):
         assert Path(r.files[key]).stat().st_size > 1000
     data = json.loads(Path(r.files["json"]).read_text())
+    groups = {name: members for name, *members in data["qParams"]["supernodes"]}
+    assert "say Austin" in groups and all(m.endswith("_8") for m in groups["say Austin"])
     assert any(
         n.get("clerp") for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"
     )

@@ -121,7 +121,7 @@ class SupernodeCheck:
 
     def __str__(self) -> str:
         return (
-            f"{self.name}: {self.n_members} features; Δ logit {self.logit_tokens[0]!r}: graph "
+            f"{self.name}: {self.n_members} feature{'' if self.n_members == 1 else 's'}; Δ logit {self.logit_tokens[0]!r}: graph "
             f"{self.predicted[0]:+.3f}, replacement model {self.replacement[0]:+.3f}, real "
             f"model {self.real[0]:+.3f}"
         )

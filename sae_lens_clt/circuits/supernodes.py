@@ -344,3 +344,19 @@ def mean_decoder_cosine(clt: Transcoder, features: Sequence[Feature]) -> float:
     cos = dirs @ dirs.T
     n = len(features)
     return float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
+
+
+def swap_interventions(
+    remove: Sequence[Supernode], insert: Sequence[Supernode], position: int, scale: float = 1.0
+) -> list[tuple[int, int, int, float]]:
+    """Replace one group's supernodes by another's at ``position``: every member of
+    ``remove`` set to 0, every member of ``insert`` to ``scale`` × its mean activation on
+    its own group's prompts (a feature in both gets the inserted value)."""
+    values: dict[tuple[int, int, int], float] = {}
+    for sn in remove:
+        for layer, pos, feat, v in sn.interventions(position):
+            values[(layer, pos, feat)] = v
+    for sn in insert:
+        for layer, pos, feat, v in sn.interventions(position, value=None, scale=scale):
+            values[(layer, pos, feat)] = v
+    return [(*key, v) for key, v in values.items()]

@@ -4,15 +4,28 @@ Algorithm (:func:`run_demo`, one named step each):
 
 1. :func:`load_default`: ``DEFAULT_MODEL`` and ``DEFAULT_CLT`` by name (offline) and the
    CLT's cached feature labels.
-2. :func:`trace`: attribute "The capital of the state containing Dallas is", prune, and
-   write the graph file, the graph JSON (labels as ``clerp``) and the figure.
+2. :func:`trace`: attribute "The capital of the state containing Dallas is", prune, write
+   the graph file and the figure.
 3. :func:`find_paths`: the strongest paths from the " Dallas" embedding node to the
    " Austin" logit node of the pruned graph (:mod:`sae_lens_clt.attribution.paths`).
 4. :func:`ablate_paths`: set the features on those paths to 0 in the replacement model
    (frozen attention) and watch P(" Austin") fall.
-5. :func:`steer_city`: from the city's position on, set the features to the values
-   " San Jose" gives them in the same prompt and watch " Sacramento" take over.
-6. :func:`feature_files`: dashboards of the graph's features (top contexts, density,
+5. :func:`family_supernodes`: supernodes of the 150 city prompts of the template at its
+   last position (:mod:`sae_lens_clt.circuits.supernodes`): per state the features
+   selective for its three cities, split into the state ("Texas"), the capital to say
+   ("say Austin") and the rest; "say a capital" for features shared by every prompt.
+6. :func:`state_route`: how much of the Dallas → Austin effect passes through each of
+   Texas' supernodes and through the chain Texas → say Austin; whether the model routes
+   through a state representation here, with the evidence (which state-selective features
+   are active, what they promote).
+7. :func:`check_supernodes`: ablate each supernode; the graph's prediction against the
+   replacement model and the real model.
+8. :func:`swap_state`: replace Texas' supernodes by California's (found the same way) at
+   1×, 2×, 3× their mean activation and read the top prediction; for comparison,
+   :func:`steer_city` sets every feature that differs on " San Jose".
+9. The supernode-level figure, the graph JSON with the supernodes (``qParams.supernodes``)
+   and a faithfulness report of the graph against the real model.
+10. :func:`feature_files`: dashboards of the graph's features (top contexts, density,
    promoted / suppressed tokens) over a sample of the default corpus, in
    ``features/<scan>/`` next to the graph JSON, so that ``sae-lens-clt serve`` shows them.
 """
@@ -26,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 PROMPT = "The capital of the state containing {city} is"
-SOURCE_CITY, SOURCE_ANSWER = "Dallas", "Austin"
-TARGET_CITY, TARGET_ANSWER = "San Jose", "Sacramento"
+SOURCE_CITY, SOURCE_ANSWER, SOURCE_STATE = "Dallas", "Austin", "Texas"
+TARGET_CITY, TARGET_ANSWER, TARGET_STATE = "San Jose", "Sacramento", "California"
+ROLE_NAMES = {"state": "{token}", "capital": "say {token}", "shared capital": "say a capital"}
+SWAP_SCALES = (1.0, 2.0, 3.0)
 
 
 @dataclass
@@ -39,6 +54,15 @@ class DemoResult:
     ablation: tuple[float, float]  # P(Austin) before, after
     steering: tuple[str, float, str, float]  # top-1 before/after with probabilities
     steering_p_target: tuple[float, float]  # P(Sacramento) before, after
+    n_steered: int = 0  # features set by the full-activation steering
+    supernodes: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # Texas' + shared
+    shares: dict[str, float] = field(default_factory=dict)  # of the Dallas -> Austin effect
+    routes_through_state: bool = False
+    evidence: list[str] = field(default_factory=list)
+    checks: list[Any] = field(default_factory=list)  # SupernodeCheck per supernode
+    swap: list[tuple[float, int, str, float, float]] = field(default_factory=list)
+    # (scale, features set, top-1, its probability, P(Sacramento)) per scale
+    faithfulness: Any = None
     files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -88,18 +112,14 @@ def load_default(clt_name: str | None) -> tuple[Any, Any, dict, str, str]:
 def trace(
     model: Any, clt: Any, prompt: str, labels: dict, out: Path, scan: str | None = None
 ) -> tuple[Any, Any, Any, dict]:
-    """Step 2: ``(graph, pruned, scores, files written)``."""
+    """Step 2: ``(graph, pruned, scores, files written)`` (the JSON comes in step 9, with
+    the supernodes)."""
     from sae_lens_clt.attribution.attribute import attribute
 
     graph = attribute(model, clt, prompt)
     pruned = graph.prune()
     scores = graph.scores()
-    files = {
-        "graph": str(graph.save(out / "graph")),
-        "json": str(out / "graph.json"),
-        "figure": str(out / "graph.png"),
-    }
-    graph.to_json(out / "graph.json", labels=labels, pruned=pruned, scan=scan)
+    files = {"graph": str(graph.save(out / "graph")), "figure": str(out / "graph.png")}
     graph.plot(out / "graph.png", labels=labels, pruned=pruned, title=prompt)
     return graph, pruned, scores, files
 
@@ -156,6 +176,147 @@ def steer_city(model: Any, clt: Any, prompt: str, clean: Any, city_pos: int):
             swap += [(layer, pos, f, float(theirs[layer, pos, f])) for f in diff]
     steered = intervene(model, clt, prompt, swap)
     return clean.clean_logits[-1].softmax(-1), steered.logits[-1].softmax(-1), len(swap)
+
+
+def family_supernodes(model: Any, clt: Any, labels: dict) -> list[Any]:
+    """Step 5: the supernodes of the template's 150 city prompts at the last position."""
+    from sae_lens_clt.circuits.supernodes import find_supernodes, role_activations
+    from sae_lens_clt.default_model.corpus import STATES
+
+    prompts = [PROMPT.format(city=c) for st in STATES for c in st.cities]
+    groups = [st.name for st in STATES for _ in st.cities]
+    tokens = {st.name: {"state": " " + st.name, "capital": " " + st.capital} for st in STATES}
+    acts = role_activations(model, clt, prompts, position=-1)  # [150, L, F]
+    return find_supernodes(
+        model, clt, acts, groups, group_tokens=tokens, role_names=ROLE_NAMES, labels=labels
+    )
+
+
+def state_route(
+    model: Any, clt: Any, graph: Any, supernodes: list[Any], src: int, dst: int, state: str
+) -> tuple[dict[str, list[int]], Any, bool, list[str]]:
+    """Step 6: ``(member nodes per supernode, effect shares, routes through the state?,
+    evidence lines)``. The model routes through the state when its state supernode is
+    active on the prompt and the chain state → say-capital carries at least 10 % of the
+    source → target effect."""
+    from sae_lens_clt.circuits.supernode_graph import effect_shares, member_nodes
+    from sae_lens_clt.circuits.supernodes import first_token, promoted_z_scores
+
+    mine = [sn for sn in supernodes if sn.group == state or sn.kind == "shared"]
+    members = {sn.name: member_nodes(graph, sn) for sn in mine}
+    members = {name: nodes for name, nodes in members.items() if nodes}
+    state_sn = next((sn for sn in mine if sn.role == "state"), None)
+    capital_sn = next((sn for sn in mine if sn.role == "capital"), None)
+    chain = {
+        sn.name: members[sn.name]
+        for sn in (state_sn, capital_sn)
+        if sn is not None and sn.name in members
+    }
+    shares = effect_shares(graph, src, dst, members)
+    chain_share = effect_shares(graph, src, dst, chain).share() if len(chain) == 2 else 0.0
+    routes = len(chain) == 2 and chain_share >= 0.10
+    evidence = []
+    if state_sn is None:
+        evidence.append(f"no feature selective for {state}'s cities promotes ' {state}'")
+    else:
+        active = state_sn.name in members
+        evidence.append(
+            f"the {state} supernode ({_n(len(state_sn.features), 'feature')} selective for "
+            f"{state}'s cities that promote ' {state}' most) is "
+            + ("active" if active else "not active")
+            + " on this prompt"
+        )
+    tok_state = first_token(model, " " + state)
+    answer = capital_sn.token if capital_sn is not None else None
+    if answer is not None:
+        tok_answer = first_token(model, answer)
+        for sn in mine:
+            if sn.group != state:
+                continue
+            for i in members.get(sn.name, []):
+                layer, _, feat = (int(v) for v in graph.active_features[i])
+                z = promoted_z_scores(model, clt, [(layer, feat)])[0]
+                evidence.append(
+                    f"active {sn.name!r} feature L{layer} F{feat} promotes ' {state}' "
+                    f"z={float(z[tok_state]):+.1f} and {answer!r} z={float(z[tok_answer]):+.1f}"
+                )
+    if len(chain) == 2:
+        evidence.append(f"paths through {' then '.join(chain)}: {chain_share:.0%} of the effect")
+    else:
+        evidence.append("so no path runs state -> say capital: the chain carries 0% of the effect")
+    return members, shares, routes, evidence
+
+
+def first_layer_share(graph: Any, src: int, dst: int) -> float:
+    """Share of the ``src`` → ``dst`` effect through layer-0 features at the last position
+    (what the first attention layer reads from the city into the answer position)."""
+    from sae_lens_clt.circuits.supernode_graph import effect_shares
+
+    last = graph.n_pos - 1
+    nodes = [
+        i for i, (layer, pos, _) in enumerate(graph.active_features.tolist())
+        if layer == 0 and pos == last
+    ]  # fmt: skip
+    return effect_shares(graph, src, dst, {"L0": nodes}).share("L0")
+
+
+def check_supernodes(
+    model: Any, clt: Any, prompt: str, graph: Any, supernodes: list[Any], names: list[str]
+) -> list[Any]:
+    """Step 7: validate each named supernode by ablation (graph vs models)."""
+    from sae_lens_clt.circuits.supernode_graph import validate_supernode
+
+    by_name = {sn.name: sn for sn in supernodes}
+    return [validate_supernode(model, clt, prompt, graph, by_name[n]) for n in names]
+
+
+def swap_state(
+    model: Any, clt: Any, prompt: str, supernodes: list[Any], src: str, dst: str, dst_answer: int
+) -> list[tuple[float, int, str, float, float]]:
+    """Step 8: replace ``src``'s supernodes by ``dst``'s at each scale of ``SWAP_SCALES``:
+    ``(scale, features set, top-1, its probability, P(dst_answer))`` per scale."""
+    from sae_lens_clt.attribution.intervene import intervene
+    from sae_lens_clt.circuits.supernodes import swap_interventions
+
+    remove = [sn for sn in supernodes if sn.group == src]
+    insert = [sn for sn in supernodes if sn.group == dst]
+    out = []
+    for scale in SWAP_SCALES:
+        todo = swap_interventions(remove, insert, position=-1, scale=scale)
+        probs = intervene(model, clt, prompt, todo).logits[-1].softmax(-1)
+        top = int(probs.argmax())
+        out.append(
+            (scale, len(todo), model.tokenizer.decode([top]), float(probs[top]),
+             float(probs[dst_answer]))
+        )  # fmt: skip
+    return out
+
+
+def supernode_files(
+    model: Any, clt: Any, graph: Any, pruned: Any, supernodes: list[Any], mine: list[Any],
+    members: dict[str, list[int]], src: int, dst: int, labels: dict, scan: str, out: Path,
+    prompt: str,
+) -> dict[str, str]:  # fmt: skip
+    """Step 9: the supernode-level figure and the graph JSON with the supernodes."""
+    from sae_lens_clt.circuits.supernode_graph import plot_supernode_graph, supernode_json
+
+    figure = out / "supernodes.png"
+    shown = {sn.name: members[sn.name] for sn in mine if sn.name in members}
+    plot_supernode_graph(
+        graph, shown, src, dst, figure, source_name=SOURCE_CITY, target_name=SOURCE_ANSWER,
+        title=prompt,
+    )  # fmt: skip
+    groups = supernode_json(graph, supernodes, keep=pruned.node_mask)
+    graph.to_json(out / "graph.json", labels=labels, pruned=pruned, scan=scan, supernodes=groups)
+    return {"json": str(out / "graph.json"), "supernode_figure": str(figure)}
+
+
+def _n(k: int, word: str) -> str:
+    return f"{k} {word}" + ("" if k == 1 else "s")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
 
 
 def feature_files(
@@ -233,17 +394,71 @@ def run_demo(
         f"\nAblating the {n_ablated} features on those paths: "
         f"P({SOURCE_ANSWER!r}) {p_before:.1%} -> {p_after:.1%}"
     )
+
+    supernodes = family_supernodes(model, clt, labels)  # step 5
+    n_states = len({sn.group for sn in supernodes if sn.role == "state"})
+    say(
+        f"\nSupernodes of the 150 city prompts of the template (last position): "
+        f"{len(supernodes)}; a state supernode (features selective for the state's cities "
+        f"that promote the state's name) for {n_states} of 50 states. {SOURCE_STATE}'s:"
+    )
+    mine = [sn for sn in supernodes if sn.group == SOURCE_STATE or sn.kind == "shared"]
+    members, shares, routes, evidence = state_route(  # step 6
+        model, clt, graph, supernodes, src, dst, SOURCE_STATE
+    )
+    for sn in mine:
+        if sn.kind == "shared" and sn.role is None:
+            continue
+        feats = ", ".join(
+            f"L{layer} F{f}" + (f" [{labels[(layer, f)]}]" if (layer, f) in labels else "")
+            for layer, f in sn.features
+        )
+        n_on = len(members.get(sn.name, []))
+        share = f"{shares.share(sn.name):+.0%}" if sn.name in members else "—"
+        say(f"  {sn.name!r:>20}: {feats}; {n_on} active here, share of the effect {share}")
+    verdict = "routes" if routes else "does not route"
+    say(f"On this prompt the model {verdict} through a state representation:")
+    for line in evidence:
+        say(f"  - {line}")
+    if not routes:
+        say(
+            f"  What it does instead: {first_layer_share(graph, src, dst):.0%} of the effect "
+            f"passes through layer-0 features at the last position, which the first attention "
+            f"layer feeds from the {SOURCE_CITY!r} embedding; they and the later 'say "
+            f"{SOURCE_ANSWER}' features map the city to its capital directly, and "
+            f"{shares.outside / shares.total:.0%} passes through no supernode"
+        )
+
+    names = [sn.name for sn in mine if sn.name in members]  # step 7
+    checks = check_supernodes(model, clt, prompt, graph, supernodes, names)
+    say("\nAblating each supernode (Δ demeaned logit; graph = linear prediction):")
+    for check in checks:
+        say(f"  {check}")
+
+    target_id = single_token(model, TARGET_ANSWER)  # step 8
+    swap = swap_state(model, clt, prompt, supernodes, SOURCE_STATE, TARGET_STATE, target_id)
+    say(f"\nSwapping {SOURCE_STATE}'s supernodes for {TARGET_STATE}'s (found the same way):")
+    for scale, n, top_tok, top_p, p_target in swap:
+        say(
+            f"  at {scale:g}x {TARGET_STATE}'s mean activations, {n} features: top-1 "
+            f"{top_tok!r} {top_p:.1%}, P({TARGET_ANSWER!r}) {p_target:.1%}"
+        )
     probs_before, probs_after, n_set = steer_city(model, clt, prompt, res, city_pos)
-    target_id = single_token(model, TARGET_ANSWER)
     top_b, top_a = int(probs_before.argmax()), int(probs_after.argmax())
     say(
-        f"Steering: from {SOURCE_CITY!r} on, set the {n_set} features whose activations "
-        f"differ to their values on {TARGET_CITY!r} (same positions): top-1 "
-        f"{dec([top_b])!r} {probs_before[top_b]:.1%} -> {dec([top_a])!r} "
-        f"{probs_after[top_a]:.1%}; P({TARGET_ANSWER!r}) "
-        f"{probs_before[target_id]:.1%} -> {probs_after[target_id]:.1%}"
+        f"For comparison, setting every feature from {SOURCE_CITY!r} on to its value on "
+        f"{TARGET_CITY!r}: {n_set} features, top-1 {dec([top_a])!r} {probs_after[top_a]:.1%}"
     )
-    files["features"] = str(feature_files(model, clt, graph, pruned, out, scan))
+
+    files.update(  # step 9
+        supernode_files(model, clt, graph, pruned, supernodes, mine, members, src, dst, labels,
+                        scan, out, prompt)
+    )  # fmt: skip
+    report = graph.faithfulness(model, clt, top_k=10, labels=labels)
+    say("\nFaithfulness: the graph's predicted effect of ablating its top 10 features")
+    say("against the real model (attention free):")
+    say(_indent(str(report)))
+    files["features"] = str(feature_files(model, clt, graph, pruned, out, scan))  # step 10
     seconds = time.perf_counter() - t0
     say(f"\nWrote {', '.join(files.values())} in {seconds:.1f}s")
     say(f"Open the graph in the viewer: sae-lens-clt serve {out}")
@@ -260,6 +475,14 @@ def run_demo(
             probs_after[top_a].item(),
         ),
         steering_p_target=(probs_before[target_id].item(), probs_after[target_id].item()),
+        n_steered=n_set,
+        supernodes={sn.name: list(sn.features) for sn in mine},
+        shares={name: shares.share(name) for name in members},
+        routes_through_state=routes,
+        evidence=evidence,
+        checks=checks,
+        swap=swap,
+        faithfulness=report,
         files=files,
         seconds=seconds,
     )
