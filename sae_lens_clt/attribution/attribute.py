@@ -539,6 +539,19 @@ def _logit_targets(
     return logit_ids.cpu(), logit_probs.cpu(), logit_vecs
 
 
+def transcoder_summary(clt: Transcoder) -> dict[str, Any]:
+    """What a graph records of its transcoder (JSON): architecture, model, shape, hooks."""
+    return {
+        "architecture": clt.cfg.architecture(),
+        "model_name": clt.cfg.metadata.model_name,
+        "n_layers": clt.cfg.n_layers,
+        "d_sae": clt.cfg.d_sae,
+        "activation_fn": clt.cfg.activation_fn,
+        "hook_in": clt.cfg.metadata.hook_name,
+        "hook_out": clt.cfg.metadata.hook_name_out,
+    }
+
+
 def _graph_metadata(
     model: HookedTransformer,
     clt: Transcoder,
@@ -561,15 +574,7 @@ def _graph_metadata(
         "token_strings": [tok_str(int(t)) for t in tokens],
         "logit_token_strings": [tok_str(int(t)) for t in logit_ids],
         "model_name": str(getattr(model.cfg, "model_name", "")),
-        "clt": {
-            "architecture": clt.cfg.architecture(),
-            "model_name": clt.cfg.metadata.model_name,
-            "n_layers": clt.cfg.n_layers,
-            "d_sae": clt.cfg.d_sae,
-            "activation_fn": clt.cfg.activation_fn,
-            "hook_in": clt.cfg.metadata.hook_name,
-            "hook_out": clt.cfg.metadata.hook_name_out,
-        },
+        "clt": transcoder_summary(clt),
         "settings": settings,
         "n_active_features": n_active,
         "n_backward_passes": n_batches,
