@@ -57,9 +57,9 @@ Algorithm (``L`` layers, ``F`` features per layer, ``d`` = d_model):
    retrieved here to check it word for word.
 7. **Tables** (:meth:`GlobalWeights.top_table`): for each target layer ``t`` the reading
    matrix ``R_t [d, F]`` once; for each source layer ``s < t`` and chunk of ``c`` source
-   features, ``U [c, d] @ R_t -> [c, F]`` (times the co-activation ratio for ``kind="data"``),
-   merged into a running top-``k`` per target feature ``[k, F]``: peak memory
-   ``O((c + k) · F)``, for CLTs of any width.
+   features, ``R_tᵀ @ Uᵀ -> [F, c]`` (times the co-activation ratio for ``kind="data"``),
+   its top-``k`` per target feature, merged into a running top-``k`` ``[F, k]``: peak memory
+   ``O(c · F)``, for CLTs of any width.
 """
 
 from __future__ import annotations
@@ -495,7 +495,7 @@ class GlobalWeights:
 
         ``layers=(s, t)``: sources of layer ``s`` into targets of layer ``t`` only; ``None``:
         every target layer ``1..L-1`` from all layers below it. Computed ``chunk_size`` source
-        features at a time (peak ``O((chunk_size + k) · F)``; no ``F × F`` block).
+        features at a time (peak ``O(chunk_size · F)``; no ``F × F`` block).
         """
         self._check(k, kind)
         if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -519,30 +519,32 @@ class GlobalWeights:
         )
         weights, sources = [], []
         for t, source_layers in plan.items():
-            reading = self._reading(t)  # [d, F]
-            best_key = torch.full((k, F), -1.0, dtype=self.dtype, device=self.device)
-            best_w = torch.zeros(k, F, dtype=self.dtype, device=self.device)
-            best_src = torch.full((k, F), -1, dtype=torch.long, device=self.device)
+            reading_t = self._reading(t).T.contiguous()  # [F, d]: targets as rows
+            best_key = torch.full((F, k), -1.0, dtype=self.dtype, device=self.device)
+            best_w = torch.zeros(F, k, dtype=self.dtype, device=self.device)
+            best_src = torch.full((F, k), -1, dtype=torch.long, device=self.device)
             for s in source_layers:
                 for start in range(0, F, chunk_size):
                     stop = min(F, start + chunk_size)
                     ids = torch.arange(start, stop, device=self.device)
-                    w = self._writing(s, t, ids) @ reading  # [c, F]
+                    w = reading_t @ self._writing(s, t, ids).T  # [F, c]
                     if acts is not None:
                         tok, row, val = acts[s].entries(start, stop)
                         co = acts[t].coactivation(tok, row, val, stop - start)  # [c, F]
-                        w = w * _ratio(co, acts[t].totals[None])
-                    key = torch.cat([best_key, w.abs()])  # [k + c, F]
-                    src = torch.cat([best_src, (s * F + ids)[:, None].expand(-1, F)])
-                    top = key.topk(k, dim=0).indices  # [k, F]
-                    best_key = key.gather(0, top)
-                    best_w = torch.cat([best_w, w]).gather(0, top)
-                    best_src = src.gather(0, top)
+                        w = w * _ratio(co, acts[t].totals[None]).T
+                    chunk_top = w.abs().topk(min(k, stop - start), dim=1)  # [F, k_c]
+                    key = torch.cat([best_key, chunk_top.values], dim=1)  # [F, k + k_c]
+                    cand_w = torch.cat([best_w, w.gather(1, chunk_top.indices)], dim=1)
+                    cand_src = torch.cat([best_src, s * F + start + chunk_top.indices], dim=1)
+                    top = key.topk(k, dim=1)
+                    best_key = top.values
+                    best_w = cand_w.gather(1, top.indices)
+                    best_src = cand_src.gather(1, top.indices)
                     bar.update(1)
             if kind == "data":  # never co-active: no input
                 best_src = best_src.masked_fill(best_w == 0, -1)
-            weights.append(best_w.T.float().cpu())  # [F, k]
-            sources.append(best_src.T.cpu())
+            weights.append(best_w.float().cpu())  # [F, k]
+            sources.append(best_src.cpu())
         bar.close()
         src = torch.stack(sources)  # [n_t, F, k]
         return TopTable(
