@@ -65,7 +65,10 @@ def test_template_roles_with_a_two_token_slot(tiny) -> None:
         "BOS", "a-1", "a", "of", "a-1@2", "a@2",
     ]  # fmt: skip
     assert template_roles(model, "the city of {city} is", {"city": "big city"}) == [
-        "BOS", "the", "city@2", "of", "city-1", "city", "is",
+        "BOS", "the", '"city"', "of", "city-1", "city", "is",
+    ]  # fmt: skip
+    assert template_roles(model, "{a} a of {a}", {"a": "red fish"}) == [
+        "BOS", "a-1", "a", '"a"', "of", "a-1@2", "a@2",
     ]  # fmt: skip
     with pytest.raises(ValueError, match=r"needs a value for \{place\}"):
         template_roles(model, TEMPLATE, {"city": "x"})

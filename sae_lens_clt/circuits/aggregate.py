@@ -173,8 +173,9 @@ def template_roles(
 
     - BOS is ``"BOS"``.
     - A token of the template's own text is named after it: the token's text stripped of
-      whitespace (its ``repr`` if nothing is left), with ``@2``, ``@3``, … for the second,
-      third, … token of that name (a name that is also a slot's role gets ``@2`` at once).
+      whitespace (its ``repr`` if nothing is left; in double quotes if it would read as
+      ``"BOS"`` or a slot's role), with ``@2``, ``@3``, … for the second, third, … token of
+      that name.
       The template's text tokenizes the same in every prompt, so these names are the same
       in every prompt of the template, the last position's role included.
     - The tokens of slot ``{name}``: ``name`` for its last token, ``name-1``, ``name-2``, …
@@ -226,8 +227,8 @@ def template_roles(
         for t in toks:
             text = model.tokenizer.decode([t]) if model.tokenizer is not None else str(t)
             name = text.strip() or repr(text)
-            if used[name] == 0 and _reserved(name, slot_names):
-                used[name] = 1
+            if _reserved(name, slot_names):
+                name = f'"{name}"'
             used[name] += 1
             roles.append(name if used[name] == 1 else f"{name}@{used[name]}")
     if len(set(roles)) != len(roles):
@@ -237,10 +238,9 @@ def template_roles(
 
 
 def _reserved(name: str, slots: set[str]) -> bool:
-    """Whether a template-text role name would look like BOS's or a slot's role."""
-    base = name.split("@")[0]
-    return base == BOS_ROLE or any(
-        base == s or re.fullmatch(re.escape(s) + r"-\d+", base) for s in slots
+    """Whether a template-text role name would read as BOS's or a slot's role."""
+    return name == BOS_ROLE or any(
+        re.fullmatch(re.escape(s) + r"(-\d+)?(@\d+)?", name) for s in slots
     )
 
 

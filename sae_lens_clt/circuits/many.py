@@ -82,7 +82,9 @@ def attribute_many(
             (``max_feature_nodes``, ``batch_size``, …), the same for every prompt.
 
     Returns:
-        One :class:`AttributionGraph` per prompt, in order.
+        One :class:`AttributionGraph` per prompt, in order. (For a prompt set too large to
+        hold, the files ``graph_path(out_dir, i)`` can go to
+        :func:`~sae_lens_clt.circuits.aggregate.aggregate_graphs` instead, one at a time.)
     """
     prompts = list(prompts)
     if targets is not None:
@@ -91,7 +93,7 @@ def attribute_many(
             raise ValueError(
                 f"targets needs one entry per prompt: {len(targets)} for {len(prompts)} prompts"
             )
-    settings = attribute_settings(attribute_kwargs)  # step 1
+    settings = _attribute_settings(attribute_kwargs)  # step 1
     for t in targets or []:
         if t is not None:
             resolve_targets(model, t)  # refuse a bad target before anything runs
@@ -121,7 +123,7 @@ def attribute_many(
     return graphs
 
 
-def attribute_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
+def _attribute_settings(kwargs: dict[str, Any]) -> dict[str, Any]:
     """``kwargs`` completed with the defaults of ``attribute``'s keyword arguments
     (``targets`` and the arguments that do not change a graph left out)."""
     params = _ATTRIBUTE_KEYWORDS
