@@ -23,7 +23,7 @@ from sae_lens_clt import attribute
 from sae_lens_clt.circuits import global_weights as gw_module
 from sae_lens_clt.circuits.global_weights import GlobalWeights
 from tests.architectures import build, build_model, calibrated_clt
-from tests.conftest import make_clt
+from tests.conftest import make_clt, make_tiny_lm
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore")]
 
@@ -194,6 +194,16 @@ def test_fit_stops_at_max_tokens():
         a = clt.encode(x.flatten(0, 1)[:13])  # the first 13 explained tokens, in order
     for layer, acts in enumerate(gw.layer_activations):
         assert torch.allclose(acts.totals, a[:, layer].sum(0), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_drops_bos_tokens():
+    model = make_tiny_lm(n_layers=2)  # word-level tokenizer, BOS id 0
+    clt = make_clt(n_layers=2, d_in=32, d_sae=16)
+    tokens = torch.tensor([[0, 5, 6, 0, 7], [0, 8, 9, 10, 11]])  # a BOS inside the first row
+    gw = GlobalWeights(model, clt).fit([tokens], progress=False)
+    assert gw.n_tokens == 3 + 4
+    with pytest.raises(ValueError, match=r"\[batch, T\] or \[T\], got \(1, 1, 2, 5\)"):
+        gw.fit([tokens[None, None]], progress=False)
 
 
 # ---------------------------------------------------------------------- 3

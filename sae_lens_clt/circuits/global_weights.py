@@ -569,7 +569,8 @@ class GlobalWeights:
 
         Keeps the sparse activations of at most ``max_tokens`` tokens (position 0 and BOS
         tokens are not explained and are dropped) and measures ``measured_norm_scale``: the
-        mean ``1/σ_t`` of each layer's input norm (1 where the hook has none). Returns ``self``.
+        mean ``1/σ_t`` of each layer's input norm (1 where the hook has none). Replaces what an
+        earlier call collected. Returns ``self``.
         """
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
@@ -596,7 +597,7 @@ class GlobalWeights:
             tokens = tokens[None] if tokens.ndim == 1 else tokens
             if tokens.ndim != 2:
                 raise ValueError(
-                    f"token batches must be [batch, T] or [T], got {tuple(batch.shape)}"
+                    f"token batches must be [batch, T] or [T], got {tuple(tokens.shape)}"
                 )
             keep = torch.ones_like(tokens, dtype=torch.bool)
             keep[:, 0] = False
