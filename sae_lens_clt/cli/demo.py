@@ -43,6 +43,7 @@ SOURCE_CITY, SOURCE_ANSWER, SOURCE_STATE = "Dallas", "Austin", "Texas"
 TARGET_CITY, TARGET_ANSWER, TARGET_STATE = "San Jose", "Sacramento", "California"
 ROLE_NAMES = {"state": "{token}", "capital": "say {token}", "shared capital": "say a capital"}
 SWAP_SCALES = (1.0, 2.0, 3.0)
+LOOSE_Z = 2.0  # promoted-token z-score of the looser state group (the supernodes use 3)
 
 
 @dataclass
@@ -198,7 +199,8 @@ def state_route(
     """Step 6: ``(member nodes per supernode, effect shares, routes through the state?,
     evidence lines)``. The model routes through the state when its state supernode is
     active on the prompt and the chain state → say-capital carries at least 10 % of the
-    source → target effect."""
+    source → target effect (or the chain through a looser state group does: the group's
+    active features that promote the state at z >= ``LOOSE_Z``)."""
     from sae_lens_clt.circuits.supernode_graph import effect_shares, member_nodes
     from sae_lens_clt.circuits.supernodes import first_token, promoted_z_scores
 
@@ -241,10 +243,35 @@ def state_route(
                     f"z={float(z[tok_state]):+.1f} and {answer!r} z={float(z[tok_answer]):+.1f}"
                 )
     if len(chain) == 2:
-        evidence.append(f"paths through {' then '.join(chain)}: {chain_share:.0%} of the effect")
+        evidence.append(f"paths through {' then '.join(chain)}: {chain_share:.1%} of the effect")
     else:
         evidence.append("so no path runs state -> say capital: the chain carries 0% of the effect")
+    if capital_sn is not None and capital_sn.name in members:  # a looser state group
+        capital_nodes = set(members[capital_sn.name])
+        loose = [
+            i
+            for sn in mine
+            if sn.group == state
+            for i in members.get(sn.name, [])
+            if i not in capital_nodes and _z(model, clt, graph, i, tok_state) >= LOOSE_Z
+        ]
+        if loose:
+            sets = {"state": loose, "capital": sorted(capital_nodes)}
+            loose_share = effect_shares(graph, src, dst, sets).share()
+            routes = routes or loose_share >= 0.10
+            evidence.append(
+                f"with a looser state group ({_n(len(loose), 'active feature')} selective for "
+                f"{state}'s cities promoting ' {state}' at z >= {LOOSE_Z:g}), paths through it "
+                f"then {capital_sn.name!r} carry {loose_share:.1%} of the effect"
+            )
     return members, shares, routes, evidence
+
+
+def _z(model: Any, clt: Any, graph: Any, node: int, token: int) -> float:
+    from sae_lens_clt.circuits.supernodes import promoted_z_scores
+
+    layer, _, feat = (int(v) for v in graph.active_features[node])
+    return float(promoted_z_scores(model, clt, [(layer, feat)])[0, token])
 
 
 def first_layer_share(graph: Any, src: int, dst: int) -> float:
