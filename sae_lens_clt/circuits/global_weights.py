@@ -52,9 +52,9 @@ Algorithm (``L`` layers, ``F`` features per layer, ``d`` = d_model):
    position: the residual-path attribution ``a_s V`` averaged over the data with each token
    weighted by how strongly the *target* is active there; pairs that never co-occur get 0
    (this is what filters out the interference weights of features that never fire together).
-   The definition is the one this project's design brief states (Ameisen et al., 2025,
-   "Circuit Tracing", section on global weights); the paper's own text could not be
-   retrieved here to check it word for word.
+   This is the weighting the method's paper proposes (Ameisen et al., 2025, "Circuit
+   Tracing", section on global weights) as we read it; the paper's text was not at hand
+   offline to check its normalisation word for word (docs/design.md, "Global weights").
 7. **Tables** (:meth:`GlobalWeights.top_table`): for each target layer ``t`` the reading
    matrix ``R_t [d, F]`` once; for each source layer ``s < t`` and chunk of ``c`` source
    features, ``R_tᵀ @ Uᵀ -> [F, c]`` (times the co-activation ratio for ``kind="data"``),

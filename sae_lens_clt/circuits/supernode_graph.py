@@ -218,8 +218,12 @@ def plot_supernode_graph(
     source_name: str = "source",
     target_name: str = "target",
     title: str = "",
+    inactive: Mapping[str, float] | None = None,
 ) -> Any:
-    """Step 5: the supernode-level figure; returns the matplotlib figure (saved to ``path``)."""
+    """Step 5: the supernode-level figure; returns the matplotlib figure (saved to ``path``).
+
+    ``inactive``: supernodes with no member active on this prompt, drawn as dashed boxes at
+    the given layer (e.g. their members' mean layer), so that their absence shows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,6 +236,8 @@ def plot_supernode_graph(
         if nodes:
             layers = [graph.node_layer_pos(i)[0] for i in nodes]
             boxes[name] = (list(nodes), sum(layers) / len(layers))
+    for name, layer in (inactive or {}).items():
+        boxes[name] = ([], float(layer))
     boxes[target_name] = ([target], float(graph.n_layers))
     xy: dict[str, tuple[float, float]] = {}  # boxes closer than a box width get stacked
     for name, (_, x) in sorted(boxes.items(), key=lambda kv: kv[1][1]):
@@ -241,6 +247,8 @@ def plot_supernode_graph(
     A = graph.adjacency.double()
     edges = []
     for (a, (na, _)), (b, (nb, _)) in itertools.permutations(boxes.items(), 2):
+        if not na or not nb:
+            continue
         w = float(A[nb][:, na].sum())
         if w != 0.0 and xy[a][0] < xy[b][0]:
             edges.append((a, b, w))
@@ -256,20 +264,24 @@ def plot_supernode_graph(
                 (xa + _BOX_W / 2, ya), (xb - _BOX_W / 2, yb), arrowstyle="-|>",
                 mutation_scale=12, lw=0.6 + 5 * abs(w) / wmax,
                 color="#2b6cb0" if w > 0 else "#c53030", alpha=0.75, zorder=3,
-                shrinkA=1, shrinkB=1, connectionstyle="arc3,rad=0.06",
+                shrinkA=1, shrinkB=1,
+                connectionstyle=f"arc3,rad={0.3 if xb - xa > 2.5 and ya == yb else 0.06}",
             )
         )  # fmt: skip
     for name, (nodes, _) in boxes.items():
         x, y = xy[name]
+        style = "solid"
         if name in groups:
             text = f"{name}\n{len(nodes)} features · {shares.share(name):.0%} of effect"
             face = "#fefcbf"
+        elif not nodes:
+            text, face, style = f"{name}\nnot active here", "white", "dashed"
         else:
             text = name
             face = "#e2e8f0"
         ax.add_patch(
             FancyBboxPatch((x - _BOX_W / 2, y - 0.3), _BOX_W, 0.6, boxstyle="round,pad=0.04",
-                           fc=face, ec="#4a5568", lw=1.0)
+                           fc=face, ec="#4a5568", lw=1.0, ls=style)
         )  # fmt: skip
         ax.text(x, y, text, ha="center", va="center", fontsize=8)
     xs = [p[0] for p in xy.values()]

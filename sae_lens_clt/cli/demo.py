@@ -43,6 +43,7 @@ SOURCE_CITY, SOURCE_ANSWER, SOURCE_STATE = "Dallas", "Austin", "Texas"
 TARGET_CITY, TARGET_ANSWER, TARGET_STATE = "San Jose", "Sacramento", "California"
 ROLE_NAMES = {"state": "{token}", "capital": "say {token}", "shared capital": "say a capital"}
 SWAP_SCALES = (1.0, 2.0, 3.0)
+FAITHFULNESS_TOP_K = 10
 LOOSE_Z = 2.0  # promoted-token z-score of the looser state group (the supernodes use 3)
 
 
@@ -204,7 +205,8 @@ def state_route(
     from sae_lens_clt.circuits.supernode_graph import effect_shares, member_nodes
     from sae_lens_clt.circuits.supernodes import first_token, promoted_z_scores
 
-    mine = [sn for sn in supernodes if sn.group == state or sn.kind == "shared"]
+    mine = [sn for sn in supernodes if sn.group == state or (sn.kind, sn.group) == ("shared", None)]
+    mine = [sn for sn in mine if sn.group == state or sn.role is not None]  # + "say a <role>"
     members = {sn.name: member_nodes(graph, sn) for sn in mine}
     members = {name: nodes for name, nodes in members.items() if nodes}
     state_sn = next((sn for sn in mine if sn.role == "state"), None)
@@ -224,7 +226,7 @@ def state_route(
         active = state_sn.name in members
         evidence.append(
             f"the {state} supernode ({_n(len(state_sn.features), 'feature')} selective for "
-            f"{state}'s cities that promote ' {state}' most) is "
+            f"{state}'s cities, promoting ' {state}' most) is "
             + ("active" if active else "not active")
             + " on this prompt"
         )
@@ -232,16 +234,20 @@ def state_route(
     answer = capital_sn.token if capital_sn is not None else None
     if answer is not None:
         tok_answer = first_token(model, answer)
-        for sn in mine:
-            if sn.group != state:
-                continue
-            for i in members.get(sn.name, []):
-                layer, _, feat = (int(v) for v in graph.active_features[i])
-                z = promoted_z_scores(model, clt, [(layer, feat)])[0]
-                evidence.append(
-                    f"active {sn.name!r} feature L{layer} F{feat} promotes ' {state}' "
-                    f"z={float(z[tok_state]):+.1f} and {answer!r} z={float(z[tok_answer]):+.1f}"
-                )
+        promotes = [
+            f"L{layer} F{feat} ({state} {z[tok_state]:+.1f}, {answer.strip()} {z[tok_answer]:+.1f})"
+            for sn in mine
+            if sn.group == state
+            for i in members.get(sn.name, [])
+            for layer, _, feat in [graph.active_features[i].tolist()]
+            for z in [promoted_z_scores(model, clt, [(layer, feat)])[0].tolist()]
+        ]
+        evidence.append(
+            f"what the {state}-selective features active here promote (z-scores of ' {state}', "
+            f"{answer!r}): " + ", ".join(promotes)
+            if promotes
+            else f"no {state}-selective feature is active here"
+        )
     if len(chain) == 2:
         evidence.append(f"paths through {' then '.join(chain)}: {chain_share:.1%} of the effect")
     else:
@@ -329,21 +335,44 @@ def supernode_files(
 
     figure = out / "supernodes.png"
     shown = {sn.name: members[sn.name] for sn in mine if sn.name in members}
+    inactive = {
+        sn.name: sum(layer for layer, _ in sn.features) / len(sn.features)
+        for sn in mine
+        if sn.name not in members and sn.role is not None
+    }
     plot_supernode_graph(
         graph, shown, src, dst, figure, source_name=SOURCE_CITY, target_name=SOURCE_ANSWER,
-        title=prompt,
+        title=prompt, inactive=inactive,
     )  # fmt: skip
     groups = supernode_json(graph, supernodes, keep=pruned.node_mask)
     graph.to_json(out / "graph.json", labels=labels, pruned=pruned, scan=scan, supernodes=groups)
     return {"json": str(out / "graph.json"), "supernode_figure": str(figure)}
 
 
+def faithfulness_lines(report: Any) -> list[tuple[str, str]]:
+    """The report's agreement per measurement and its worst feature, as (name, text)."""
+    from sae_lens_clt.attribution.faithfulness import MEASUREMENTS
+
+    names = {
+        "replacement": "replacement model (frozen attention)",
+        "real_frozen_attn": "real MLPs, attention + norms frozen",
+        "real": "real model (attention free)",
+    }
+    lines = [(names[m], str(report.summary[m])) for m in MEASUREMENTS]
+    for row, target, _ in report.worst(1):
+        lines.append(
+            (
+                "worst feature (real model)",
+                f"{report.names[row]} -> {report.target_tokens[target]!r}: predicted "
+                f"{float(report.predicted[row, target]):+.2f}, real "
+                f"{float(report.real[row, target]):+.2f}",
+            )
+        )
+    return lines
+
+
 def _n(k: int, word: str) -> str:
     return f"{k} {word}" + ("" if k == 1 else "s")
-
-
-def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.splitlines())
 
 
 def feature_files(
@@ -429,13 +458,12 @@ def run_demo(
         f"{len(supernodes)}; a state supernode (features selective for the state's cities "
         f"that promote the state's name) for {n_states} of 50 states. {SOURCE_STATE}'s:"
     )
-    mine = [sn for sn in supernodes if sn.group == SOURCE_STATE or sn.kind == "shared"]
+    mine = [sn for sn in supernodes if sn.group == SOURCE_STATE or sn.role is not None]
+    mine = [sn for sn in mine if sn.group in (None, SOURCE_STATE)]
     members, shares, routes, evidence = state_route(  # step 6
         model, clt, graph, supernodes, src, dst, SOURCE_STATE
     )
     for sn in mine:
-        if sn.kind == "shared" and sn.role is None:
-            continue
         feats = ", ".join(
             f"L{layer} F{f}" + (f" [{labels[(layer, f)]}]" if (layer, f) in labels else "")
             for layer, f in sn.features
@@ -481,10 +509,13 @@ def run_demo(
         supernode_files(model, clt, graph, pruned, supernodes, mine, members, src, dst, labels,
                         scan, out, prompt)
     )  # fmt: skip
-    report = graph.faithfulness(model, clt, top_k=10, labels=labels)
-    say("\nFaithfulness: the graph's predicted effect of ablating its top 10 features")
-    say("against the real model (attention free):")
-    say(_indent(str(report)))
+    report = graph.faithfulness(model, clt, top_k=FAITHFULNESS_TOP_K, labels=labels)
+    say(
+        f"\nFaithfulness: ablating the graph's {FAITHFULNESS_TOP_K} most influential "
+        f"features, predicted (graph) against measured on {report.predicted.shape[1]} logits:"
+    )
+    for name, text in faithfulness_lines(report):
+        say(f"  {name:<38} {text}")
     files["features"] = str(feature_files(model, clt, graph, pruned, out, scan))  # step 10
     seconds = time.perf_counter() - t0
     say(f"\nWrote {', '.join(files.values())} in {seconds:.1f}s")
