@@ -32,6 +32,8 @@ def test_demo_validates_the_two_hop_circuit(tmp_path: Path) -> None:
     check = next(c for c in r.checks if c.name == "say Austin")
     assert check.replacement[0] < 0 and check.agrees(rel_tol=0.25), str(check)
     assert check.real[0] < 0
+    n_group, p_before, p_after = r.group_ablation  # ablating Texas' group lowers " Austin"
+    assert n_group >= 3 and p_after < 0.5 * p_before, r.group_ablation
     # the Texas -> California swap makes " Sacramento" top-1 with far fewer features
     scale, n_swapped, top, p_top, _ = r.swap[-1]
     assert top == " Sacramento" and n_swapped < r.n_steered / 4, r.swap

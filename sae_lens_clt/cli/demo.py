@@ -19,7 +19,7 @@ Algorithm (:func:`run_demo`, one named step each):
    through a state representation here, with the evidence (which state-selective features
    are active, what they promote).
 7. :func:`check_supernodes`: ablate each supernode; the graph's prediction against the
-   replacement model and the real model.
+   replacement model and the real model; :func:`ablate_group`: all of Texas' at once.
 8. :func:`swap_state`: replace Texas' supernodes by California's (found the same way) at
    1×, 2×, 3× their mean activation and read the top prediction; for comparison,
    :func:`steer_city` sets every feature that differs on " San Jose".
@@ -62,6 +62,7 @@ class DemoResult:
     routes_through_state: bool = False
     evidence: list[str] = field(default_factory=list)
     checks: list[Any] = field(default_factory=list)  # SupernodeCheck per supernode
+    group_ablation: tuple[int, float, float] = (0, 0.0, 0.0)  # features, P(Austin) before/after
     swap: list[tuple[float, int, str, float, float]] = field(default_factory=list)
     # (scale, features set, top-1, its probability, P(Sacramento)) per scale
     faithfulness: Any = None
@@ -303,6 +304,20 @@ def check_supernodes(
     return [validate_supernode(model, clt, prompt, graph, by_name[n]) for n in names]
 
 
+def ablate_group(
+    model: Any, clt: Any, prompt: str, supernodes: list[Any], group: str, answer: int
+) -> tuple[int, float, float]:
+    """Step 7: every supernode of ``group`` ablated at the last position:
+    ``(features set, P(answer) before, after)``."""
+    from sae_lens_clt.attribution.intervene import intervene
+    from sae_lens_clt.circuits.supernodes import swap_interventions
+
+    todo = swap_interventions([sn for sn in supernodes if sn.group == group], [], position=-1)
+    res = intervene(model, clt, prompt, todo)
+    before = float(res.clean_logits[-1].softmax(-1)[answer])
+    return len(todo), before, float(res.logits[-1].softmax(-1)[answer])
+
+
 def swap_state(
     model: Any, clt: Any, prompt: str, supernodes: list[Any], src: str, dst: str, dst_answer: int
 ) -> list[tuple[float, int, str, float, float]]:
@@ -490,6 +505,13 @@ def run_demo(
     for check in checks:
         say(f"  {check}")
 
+    group_ablation = ablate_group(model, clt, prompt, supernodes, SOURCE_STATE, answer_id)
+    n_group, pa_before, pa_after = group_ablation
+    say(
+        f"Ablating all of {SOURCE_STATE}'s supernodes ({n_group} features): "
+        f"P({SOURCE_ANSWER!r}) {pa_before:.1%} -> {pa_after:.1%}"
+    )
+
     target_id = single_token(model, TARGET_ANSWER)  # step 8
     swap = swap_state(model, clt, prompt, supernodes, SOURCE_STATE, TARGET_STATE, target_id)
     say(f"\nSwapping {SOURCE_STATE}'s supernodes for {TARGET_STATE}'s (found the same way):")
@@ -539,6 +561,7 @@ def run_demo(
         routes_through_state=routes,
         evidence=evidence,
         checks=checks,
+        group_ablation=group_ablation,
         swap=swap,
         faithfulness=report,
         files=files,
