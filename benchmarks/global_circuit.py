@@ -21,8 +21,8 @@ import time
 import torch
 
 from sae_lens_clt.circuits import aggregate_graphs, attribute_many, template_roles
-from sae_lens_clt.circuits.supernodes import first_token
-from sae_lens_clt.cli.demo import PROMPT, load_default
+from sae_lens_clt.circuits.two_hop import PROMPT, family
+from sae_lens_clt.cli.demo import load_default
 from sae_lens_clt.default_model.corpus import STATES
 
 
@@ -33,13 +33,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, clt, labels, _, _ = load_default(None)
-    cities = [(st, city) for st in STATES for city in st.cities]
-    prompts = [PROMPT.format(city=city) for _, city in cities]
-    answers = [[first_token(model, " " + st.capital)] for st, _ in cities]
+    prompts, _, answers = family(model)  # the 150 city prompts, in STATES order
+    cities = [city for st in STATES for city in st.cities]
     t0 = time.perf_counter()
-    graphs = attribute_many(model, clt, prompts, targets=answers, out_dir=args.out)
+    graphs = attribute_many(model, clt, prompts, targets=[[a] for a in answers], out_dir=args.out)
     t1 = time.perf_counter()
-    roles = [template_roles(model, PROMPT, {"city": city}) for _, city in cities]
+    roles = [template_roles(model, PROMPT, {"city": city}) for city in cities]
     circuit = aggregate_graphs(graphs, roles)
     t2 = time.perf_counter()
     print(f"traced {len(prompts)} prompts in {t1 - t0:.1f}s; aggregated in {t2 - t1:.2f}s")

@@ -4,7 +4,7 @@ state's give that state's capital?
 Steps (the shipped default model and CLT, offline):
 
 1. Supernodes of the two-hop template "The capital of the state containing {city} is" at its
-   last position (``sae_lens_clt.cli.demo.family_supernodes``'s rule: features selective
+   last position (``sae_lens_clt.circuits.two_hop.family_supernodes``, the demo's rule: features selective
    for a state's cities, split by the token they promote into the state ("Texas"), the
    capital to say ("say Austin") and the rest). ``--find-from all`` uses all three cities
    of every state (150 prompts, as the demo does); ``held-in`` leaves each state's
@@ -14,10 +14,13 @@ Steps (the shipped default model and CLT, offline):
    alphabetical order (wrapping): replace S's supernodes by S''s at ``--scales`` times
    their mean activation on S''s prompts (``swap_interventions``), in the replacement
    model with frozen attention, and check whether the top-1 token is the first token of
-   S''s capital. Three variants: the state supernode only, the state + say-capital
-   supernodes, and every supernode of the state's group; and a control that only ablates
-   S's whole group (no insertion).
-3. Print, per variant and scale, the fraction of the 50 states that succeed and the mean
+   S''s capital. Variants: the state supernode only, the say-capital one only, both, the
+   group without its state supernode, and every supernode of the state's group; and a
+   control that only ablates S's whole group (no insertion).
+3. The chain: on each held-out prompt where S's state and say-capital supernodes are both
+   active, the share of the city embedding's effect on S's capital through both
+   (``effect_shares``, the graph traced towards that capital).
+4. Print, per variant and scale, the fraction of the 50 states that succeed and the mean
    number of features set; and how many states have a state supernode, and how many of
    them are active on the held-out prompt.
 
@@ -35,19 +38,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sae_lens_clt.attribution.attribute import attribute  # noqa: E402
 from sae_lens_clt.attribution.intervene import intervene  # noqa: E402
-from sae_lens_clt.circuits.supernodes import (  # noqa: E402
-    find_supernodes,
-    first_token,
-    role_activations,
-    swap_interventions,
-)
-from sae_lens_clt.cli.demo import PROMPT, ROLE_NAMES, load_default  # noqa: E402
+from sae_lens_clt.circuits.supernode_graph import effect_shares, member_nodes  # noqa: E402
+from sae_lens_clt.circuits.supernodes import first_token, swap_interventions  # noqa: E402
+from sae_lens_clt.circuits.two_hop import PROMPT, family_supernodes  # noqa: E402
+from sae_lens_clt.cli.demo import load_default  # noqa: E402
 from sae_lens_clt.default_model.corpus import STATES, held_out_cities  # noqa: E402
 
-VARIANTS = {
+VARIANTS = {  # which of a state's supernodes (by role; None = the rest) are swapped
     "state only": {"state"},
+    "say capital only": {"capital"},
     "state + say capital": {"state", "capital"},
+    "group minus state": {"capital", None},
     "whole group": {"state", "capital", None},
 }
 
@@ -64,30 +67,21 @@ def main() -> None:
     model, clt, labels, clt_name, _ = load_default(None)
     held = held_out_cities()
 
-    cities = [
-        (st.name, c)
-        for st in STATES
-        for c in st.cities
-        if args.find_from == "all" or c != held[st.name]
-    ]
-    prompts = [PROMPT.format(city=c) for _, c in cities]
-    groups = [s for s, _ in cities]
-    tokens = {st.name: {"state": " " + st.name, "capital": " " + st.capital} for st in STATES}
-    acts = role_activations(model, clt, prompts, position=-1)
+    def keep(state: str, city: str) -> bool:
+        return args.find_from == "all" or city != held[state]
+
     min_in = 2 / 3 if args.find_from == "all" else 1.0  # 2 of 3 cities, or both of 2
-    supernodes = find_supernodes(
-        model, clt, acts, groups, group_tokens=tokens, role_names=ROLE_NAMES, labels=labels,
-        min_in=min_in,
-    )  # fmt: skip
+    supernodes = family_supernodes(model, clt, labels, keep=keep, min_in=min_in)
+    n_prompts = sum(keep(st.name, c) for st in STATES for c in st.cities)
     print(
-        f"CLT {clt_name}; supernodes from {len(prompts)} prompts ({args.find_from}); "
+        f"CLT {clt_name}; supernodes from {n_prompts} prompts ({args.find_from}); "
         f"{len(supernodes)} supernodes"
     )
 
     n_state, n_state_active, clean_ok = 0, 0, 0
     results = {(v, s): [] for v in VARIANTS for s in scales}
     n_feats = {(v, s): [] for v in VARIANTS for s in scales}
-    control = []
+    control, chains = [], []
     for i, st in enumerate(STATES):
         dst = STATES[(i + 1) % len(STATES)]
         prompt = PROMPT.format(city=held[st.name])
@@ -114,6 +108,14 @@ def main() -> None:
                 n_feats[(variant, scale)].append(len(todo))
         todo = swap_interventions(mine, [], position=-1)
         control.append(int(intervene(model, clt, prompt, todo).logits[-1].argmax()) == answer)
+        capital_sn = [sn for sn in mine if sn.role == "capital"]
+        if state_sn and capital_sn:  # the chain city -> state -> say capital -> capital
+            own = first_token(model, " " + st.capital)
+            graph = attribute(model, clt, prompt, targets=[own])
+            sets = {"s": member_nodes(graph, state_sn[0]), "c": member_nodes(graph, capital_sn[0])}
+            if all(sets.values()):
+                src = graph.embedding_offset + graph.n_pos - 2  # the city's token
+                chains.append(effect_shares(graph, src, graph.logit_offset, sets).share())
 
     n = len(STATES)
     print(f"held-out prompts answered correctly (clean): {clean_ok}/{n}")
@@ -129,6 +131,14 @@ def main() -> None:
         )
     print(f"| control: ablate the whole group, insert nothing | — | {sum(control)}/{n} | "
           f"{sum(control) / n:.2f} | — |")  # fmt: skip
+    if chains:
+        c = torch.tensor(chains)
+        print(
+            f"\nchain city -> state supernode -> say-capital supernode -> capital, on the "
+            f"{len(chains)} held-out prompts where both are active: share of the city's effect "
+            f"median {float(c.median()):.1%}, max {float(c.max()):.1%}, "
+            f">= 10% in {int((c >= 0.1).sum())}"
+        )
     print(f"\n{time.perf_counter() - t0:.1f}s")
 
 

@@ -320,6 +320,14 @@ def test_global_circuit_saves_loads_exports_and_plots(tiny, tmp_path) -> None:
     validate_graph_json(json.loads((tmp_path / "circuit.json").read_text()))
     assert data["metadata"]["prompt_tokens"] == c.role_names
     assert any(n["feature_type"] == "cross layer transcoder" for n in data["nodes"])
+    ids = {f"{lay}_{f}_{p}": i for i, (lay, p, f) in enumerate(c.active_features.tolist())}
+    for n in data["nodes"]:  # each node carries its share of prompts
+        if n["feature_type"] == "cross layer transcoder":
+            share = float(c.node_share[ids[n["node_id"]]])
+            assert n["prompt_share"] == pytest.approx(share)
+            assert n["clerp"].endswith(f"(in {share:.0%} of prompts)")
+    with pytest.raises(ValueError, match="cannot be intervened on"):
+        c.faithfulness(None, None)
     fig = c.plot(tmp_path / "circuit.png", max_nodes=20)
     assert (tmp_path / "circuit.png").stat().st_size > 0 and fig is not None
     assert 0 < c.scores().replacement <= 1

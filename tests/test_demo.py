@@ -19,7 +19,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_demo_validates_the_two_hop_circuit(tmp_path: Path) -> None:
-    from sae_lens_clt.cli.demo import run_demo
+    from sae_lens_clt.cli.demo import PROMPT, run_demo
+    from sae_lens_clt.default_model.corpus import TWO_HOP_PROMPT
+
+    assert PROMPT == TWO_HOP_PROMPT
 
     r = run_demo(tmp_path, verbose=False)
     assert r.top_predictions[0][0] == " Austin"

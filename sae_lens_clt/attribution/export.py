@@ -3,7 +3,9 @@
 Algorithm:
 
 1. Prune the graph (``prune.py``); each kept node gets its circuit-tracer ``Node`` fields,
-   ``influence`` being its cumulative-influence rank score as circuit-tracer writes it.
+   ``influence`` being its cumulative-influence rank score as circuit-tracer writes it; a
+   graph aggregated over prompts (a ``node_share``) adds ``prompt_share`` to each node and
+   "(in N% of prompts)" to each feature's ``clerp``.
 2. Links are the kept edges ``{source, target, weight}`` with ``weight = A[target, source]``;
    nodes without links are dropped, embeddings and logits always stay.
 3. Validate against :data:`GRAPH_JSON_SCHEMA` (with ``jsonschema`` when installed, else a
@@ -232,6 +234,15 @@ def graph_json(
                 clerp=f'Output "{_token_text(logit_strs[k])}" (p={prob:.3f})',
                 token_prob=prob, is_target_logit=k == 0, influence=infl,
             )  # fmt: skip
+
+    share = getattr(graph, "node_share", None)  # [N] on an aggregate over prompts
+    if share is not None:
+        for i, node in nodes.items():
+            node["prompt_share"] = float(share[i])
+            if node["feature_type"] == FEATURE_TYPES[0]:
+                node["clerp"] = (node["clerp"] + " " if node["clerp"] else "") + (
+                    f"(in {float(share[i]):.0%} of prompts)"
+                )
 
     targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
     weights = graph.adjacency[targets, sources].tolist()

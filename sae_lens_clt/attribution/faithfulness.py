@@ -274,7 +274,7 @@ def total_effects(graph: GraphData) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- step 3
-def _demeaned_targets(
+def demeaned_targets(
     model: HookedTransformer, logits: torch.Tensor, ids: torch.Tensor
 ) -> torch.Tensor:
     """Demeaned logits of ``ids [k]`` at the last position of ``logits [T, V]``, before a
@@ -363,8 +363,8 @@ def faithfulness(
             r = intervene(model, clt, prompt, todo, **kw)
             if i == 0 and m == "replacement":
                 _check_graph_matches(graph, r, feats, acts)
-            new = _demeaned_targets(model, r.logits, ids)
-            measured[m][i] = new - _demeaned_targets(model, r.clean_logits, ids)
+            new = demeaned_targets(model, r.logits, ids)
+            measured[m][i] = new - demeaned_targets(model, r.clean_logits, ids)
             if m == "replacement":
                 crossings[i] = _crossings(r, layer, pos, feat)
             if m == "real":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -63,6 +63,8 @@ class GraphData:
     input_tokens: torch.Tensor
     n_layers: int
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = _TENSOR_FIELDS  # what the file holds
 
     def __post_init__(self) -> None:
         n = self.n_features + self.n_errors + self.n_pos + self.n_logits
@@ -148,7 +150,8 @@ class GraphData:
 
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | Path) -> Path:
-        """Write one ``.safetensors`` file: the tensors, plus the rest as JSON in its header.
+        """Write one ``.safetensors`` file: the tensors (``TENSOR_FIELDS``), plus the rest as
+        JSON in its header (with a subclass's :meth:`header_fields`).
 
         A path without a suffix gets ``.safetensors``; returns the path written.
         """
@@ -156,14 +159,27 @@ class GraphData:
         if not path.suffix:
             path = path.with_suffix(".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_FIELDS}
+        tensors = {
+            name: getattr(self, name).detach().cpu().contiguous() for name in self.TENSOR_FIELDS
+        }
         header = {
             "format": GRAPH_FORMAT,
             "version": str(GRAPH_FORMAT_VERSION),
             "n_layers": str(self.n_layers),
             "metadata": json.dumps(self.metadata),
+            **self.header_fields(),
         }
         return atomic_save_safetensors(tensors, path, metadata=header)
+
+    def header_fields(self) -> dict[str, str]:
+        """Header entries a subclass adds to the file (strings); none here."""
+        return {}
+
+    @classmethod
+    def fields_from_header(cls, header: dict[str, str], path: Path) -> dict[str, Any]:
+        """The constructor arguments a subclass reads back from the header (checking it is
+        its own file); none here."""
+        return {}
 
     @classmethod
     def load(cls: type[G], path: str | Path) -> G:
@@ -175,14 +191,16 @@ class GraphData:
                 f"{path} is not an attribution graph written by AttributionGraph.save "
                 f"(header format={header.get('format')!r})"
             )
+        extra = cls.fields_from_header(header, path)
         tensors = read_tensors(path)
-        missing = [n for n in _TENSOR_FIELDS if n not in tensors]
+        missing = [n for n in cls.TENSOR_FIELDS if n not in tensors]
         if missing:
             raise ValueError(f"{path} lacks the tensors {missing}; was it truncated?")
         return cls(
-            **{n: tensors[n] for n in _TENSOR_FIELDS},
+            **{n: tensors[n] for n in cls.TENSOR_FIELDS},
             n_layers=int(header["n_layers"]),
             metadata=json.loads(header.get("metadata", "{}")),
+            **extra,
         )
 
     def __repr__(self) -> str:

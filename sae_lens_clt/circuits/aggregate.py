@@ -42,30 +42,20 @@ import re
 import string
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from transformer_lens import HookedTransformer
 
 from sae_lens_clt.attribution.graph import AttributionGraph
 from sae_lens_clt.attribution.inputs import to_tokens
-from sae_lens_clt.attribution.nodes import GRAPH_FORMAT, GRAPH_FORMAT_VERSION, GraphData
-from sae_lens_clt.formats.atomic import atomic_save_safetensors
-from sae_lens_clt.formats.safetensors import file_metadata, read_tensors
+from sae_lens_clt.attribution.nodes import GraphData
 
 CIRCUIT_FORMAT = "sae_lens_clt.global_circuit"
 CIRCUIT_FORMAT_VERSION = 1
 BOS_ROLE = "BOS"
-_EXTRA_TENSORS = ("adjacency_std", "node_share")
-
-C = TypeVar("C", bound="GlobalCircuit")
-
-
-def _graph_tensor_fields() -> list[str]:
-    """The tensor fields of ``GraphData`` (what its safetensors file holds)."""
-    return [f.name for f in fields(GraphData) if f.type in ("torch.Tensor", torch.Tensor)]
 
 
 # ---------------------------------------------------------------------- the circuit
@@ -78,6 +68,10 @@ class GlobalCircuit(AttributionGraph):
     mean edge weight, ``activation_values`` and ``logit_probabilities`` means (module
     docstring, step 4); ``input_tokens`` holds one representative token per role (from the
     first prompt that has the role).
+
+    Path analyses (``paths.linear_effects``, ``effect_shares``) read it as one graph: with
+    absent edges counted as 0 and activations averaged where present they are approximate
+    here; interventions (``faithfulness``) need one prompt and are refused.
 
     Attributes (besides ``GraphData``'s):
         adjacency_std: ``[N, N]`` float32 population std of each edge over the prompts.
@@ -102,6 +96,13 @@ class GlobalCircuit(AttributionGraph):
         if len(self.role_names) != self.n_pos:
             raise ValueError(f"{len(self.role_names)} role names for {self.n_pos} positions")
 
+    def faithfulness(self, *args: Any, **kwargs: Any) -> Any:
+        """Refused: interventions need one prompt. Check a prompt's own graph instead."""
+        raise ValueError(
+            "a GlobalCircuit averages many prompts, so it cannot be intervened on: run "
+            "faithfulness on one prompt's graph (attribute_many's graphs)"
+        )
+
     def role_position(self, role: str) -> int:
         """The position (index into ``role_names``) of ``role``."""
         try:
@@ -110,52 +111,34 @@ class GlobalCircuit(AttributionGraph):
             raise ValueError(f"no role {role!r}; the roles are {self.role_names}") from None
 
     # ------------------------------------------------------------------ I/O
-    def save(self, path: str | Path) -> Path:
-        """One ``.safetensors`` file: a plain graph file (``AttributionGraph.load`` reads
-        it as the mean graph) plus ``adjacency_std``, ``node_share`` and, in the header,
-        ``n_prompts`` and ``role_names``. A path without a suffix gets ``.safetensors``."""
-        path = Path(path)
-        if not path.suffix:
-            path = path.with_suffix(".safetensors")
-        names = _graph_tensor_fields() + list(_EXTRA_TENSORS)
-        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in names}
-        header = {
-            "format": GRAPH_FORMAT,
-            "version": str(GRAPH_FORMAT_VERSION),
-            "n_layers": str(self.n_layers),
-            "metadata": json.dumps(self.metadata),
+    # save / load are GraphData's: a plain graph file (``AttributionGraph.load`` reads it as
+    # the mean graph) plus ``adjacency_std``, ``node_share`` and, in the header,
+    # ``n_prompts`` and ``role_names``
+    TENSOR_FIELDS: ClassVar[tuple[str, ...]] = (
+        *GraphData.TENSOR_FIELDS,
+        "adjacency_std",
+        "node_share",
+    )
+
+    def header_fields(self) -> dict[str, str]:
+        return {
             "circuit_format": CIRCUIT_FORMAT,
             "circuit_version": str(CIRCUIT_FORMAT_VERSION),
             "n_prompts": str(self.n_prompts),
             "role_names": json.dumps(self.role_names),
         }
-        return atomic_save_safetensors(tensors, path, metadata=header)
 
     @classmethod
-    def load(cls: type[C], path: str | Path) -> C:
-        """Read a file written by :meth:`save` (safetensors + JSON only); a single-prompt
-        graph file is refused (load it with ``AttributionGraph.load``)."""
-        path = Path(path)
-        header = file_metadata(path)
+    def fields_from_header(cls, header: dict[str, str], path: Path) -> dict[str, Any]:
         if header.get("circuit_format") != CIRCUIT_FORMAT:
-            what = (
-                "a single-prompt attribution graph (load it with AttributionGraph.load)"
-                if header.get("format") == GRAPH_FORMAT
-                else f"not a graph file (header format={header.get('format')!r})"
+            raise ValueError(
+                f"{path} is not a GlobalCircuit written by GlobalCircuit.save: a single-prompt "
+                "attribution graph (load it with AttributionGraph.load)"
             )
-            raise ValueError(f"{path} is not a GlobalCircuit written by GlobalCircuit.save: {what}")
-        names = _graph_tensor_fields() + list(_EXTRA_TENSORS)
-        tensors = read_tensors(path)
-        missing = [n for n in names if n not in tensors]
-        if missing:
-            raise ValueError(f"{path} lacks the tensors {missing}; was it truncated?")
-        return cls(
-            **{n: tensors[n] for n in names},
-            n_layers=int(header["n_layers"]),
-            metadata=json.loads(header.get("metadata", "{}")),
-            n_prompts=int(header["n_prompts"]),
-            role_names=json.loads(header["role_names"]),
-        )
+        return {
+            "n_prompts": int(header["n_prompts"]),
+            "role_names": json.loads(header["role_names"]),
+        }
 
     def __repr__(self) -> str:
         return (

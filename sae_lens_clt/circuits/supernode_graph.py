@@ -8,16 +8,19 @@ Algorithm (graph ``A [N, N]`` of one prompt, supernodes found by :mod:`.supernod
    (:func:`sae_lens_clt.attribution.paths.linear_effects`), the total effect of a source on
    a target is ``[(I - Ã)^-1]_ts`` (every path), and the effect of the paths that *avoid* a
    node set ``S`` is the same solve with the rows and columns of ``S`` zeroed. The paths
-   through ``S`` carry ``total - avoid(S)``; the paths through every set of a chain (e.g.
-   Texas then say Austin) carry ``Σ_{U ⊆ sets} (-1)^|U| avoid(∪U)`` (inclusion-exclusion;
-   in a DAG ordered by layer that is the chain in its layers' order).
+   through ``S`` carry ``total - avoid(S)``; the paths through *every* set (e.g. Texas and
+   say Austin) carry ``Σ_{U ⊆ sets} (-1)^|U| avoid(∪U)`` (inclusion-exclusion). That counts
+   the sets in any order a path meets them; when each set's layers lie below the next
+   one's (e.g. a state group in layer 2, its capital group in layer 3) it is the chain.
 3. **Validation by ablation** (:func:`validate_supernode`): the graph predicts that
    clamping a supernode's members to 0 changes each logit node's (demeaned) logit by
    ``-Σ_{i∈S} M_S[logit, i] a_i`` with ``M_S = (I - Ã_S)^-1`` and ``Ã_S`` = ``Ã`` with the
    rows of ``S`` zeroed (clamped nodes do not respond). The same intervention is run on the
    replacement model (frozen attention, :func:`sae_lens_clt.intervene`; equal to the
-   prediction while no feature crosses its threshold) and on the real model (the
-   members' decoder vectors subtracted from the real MLP outputs, attention free).
+   prediction while no other feature crosses its threshold, counted in ``crossed``) and on
+   the real model (the members' decoder vectors subtracted from the real MLP outputs,
+   attention free). Logits are compared demeaned and before a final soft-cap, as the
+   graph's logit nodes are.
 4. **JSON** (:func:`supernode_json`): ``[name, node_id, ...]`` lists for the graph JSON's
    ``qParams.supernodes`` (Neuronpedia's viewer groups them), members kept by pruning only.
 5. **Figure** (:func:`plot_supernode_graph`): the source, the supernodes and the target as
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
+from sae_lens_clt.attribution.faithfulness import demeaned_targets
 from sae_lens_clt.attribution.intervene import intervene
 from sae_lens_clt.attribution.nodes import GraphData
 from sae_lens_clt.attribution.paths import linear_effects
@@ -112,6 +116,7 @@ class SupernodeCheck:
     predicted: list[float]  # Δ demeaned logit per logit node, from the graph
     replacement: list[float]  # the same ablation on the replacement model (frozen attention)
     real: list[float]  # the same ablation on the real model (attention free)
+    crossed: int = 0  # other features whose active state changed in the replacement run
 
     def agrees(self, rel_tol: float = 0.25) -> bool:
         """The replacement-model change of the first logit within ``rel_tol`` of the
@@ -120,10 +125,11 @@ class SupernodeCheck:
         return p * r > 0 and abs(p - r) <= rel_tol * abs(p)
 
     def __str__(self) -> str:
+        crossed = f" ({self.crossed} crossed a threshold)" if self.crossed else ""
         return (
-            f"{self.name}: {self.n_members} feature{'' if self.n_members == 1 else 's'}; Δ logit {self.logit_tokens[0]!r}: graph "
-            f"{self.predicted[0]:+.3f}, replacement model {self.replacement[0]:+.3f}, real "
-            f"model {self.real[0]:+.3f}"
+            f"{self.name}: {self.n_members} feature{'' if self.n_members == 1 else 's'}; "
+            f"Δ logit {self.logit_tokens[0]!r}: graph {self.predicted[0]:+.3f}, replacement "
+            f"model {self.replacement[0]:+.3f}{crossed}, real model {self.real[0]:+.3f}"
         )
 
 
@@ -142,11 +148,6 @@ def predicted_ablation(graph: GraphData, nodes: Sequence[int]) -> torch.Tensor:
     return -(per_unit[graph.logit_offset :] @ values)
 
 
-def _demeaned(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    last = logits[-1].double()
-    return last[ids] - last.mean()
-
-
 def validate_supernode(
     model: HookedTransformer,
     clt: Transcoder,
@@ -162,18 +163,28 @@ def validate_supernode(
     todo = [tuple(int(v) for v in graph.active_features[i]) + (0.0,) for i in nodes]
     if not todo:
         zeros = [0.0] * len(tokens)
-        return SupernodeCheck(supernode.name, 0, tokens, zeros, zeros, zeros)
+        return SupernodeCheck(supernode.name, 0, list(tokens), zeros, zeros, zeros)
     predicted = predicted_ablation(graph, nodes)
     rep = intervene(model, clt, prompt, todo)
     real = intervene(model, clt, prompt, todo, mlps="model", freeze_attention=False)
-    clean = _demeaned(rep.clean_logits, ids)
+    changed = (rep.activations != 0) != (rep.clean_activations != 0)  # [L, T, F]
+    for layer, pos, feat, _ in todo:
+        changed[layer, pos, feat] = False  # the clamped members themselves
+
+    def delta(res: Any) -> list[float]:
+        return (
+            demeaned_targets(model, res.logits, ids)
+            - demeaned_targets(model, res.clean_logits, ids)
+        ).tolist()
+
     return SupernodeCheck(
         name=supernode.name,
         n_members=len(nodes),
         logit_tokens=list(tokens),
         predicted=predicted.tolist(),
-        replacement=(_demeaned(rep.logits, ids) - clean).tolist(),
-        real=(_demeaned(real.logits, ids) - _demeaned(real.clean_logits, ids)).tolist(),
+        replacement=delta(rep),
+        real=delta(real),
+        crossed=int(changed.sum()),
     )
 
 
@@ -259,9 +270,14 @@ def plot_supernode_graph(
         if abs(w) < 0.05 * wmax:
             continue
         (xa, ya), (xb, yb) = xy[a], xy[b]
+        if xb - xa < _BOX_W + 0.1:  # stacked boxes: from one's top or bottom to the other's
+            side = 0.3 if yb > ya else -0.3
+            start, end = (xa, ya + side), (xb, yb - side)
+        else:
+            start, end = (xa + _BOX_W / 2, ya), (xb - _BOX_W / 2, yb)
         ax.add_patch(
             FancyArrowPatch(
-                (xa + _BOX_W / 2, ya), (xb - _BOX_W / 2, yb), arrowstyle="-|>",
+                start, end, arrowstyle="-|>",
                 mutation_scale=12, lw=0.6 + 5 * abs(w) / wmax,
                 color="#2b6cb0" if w > 0 else "#c53030", alpha=0.75, zorder=3,
                 shrinkA=1, shrinkB=1,

@@ -14,13 +14,16 @@ Algorithm:
    is *selective* for ``g`` when ``in_share >= min_in`` and ``out_share <= max_out``; it is
    *shared* when it is active on at least ``min_shared`` of all prompts.
 3. **Promoted tokens**: a feature's direct logit effect ``Σ_t W_dec[s -> t] W_U`` as
-   z-scores over the vocabulary. Each selective feature of ``g`` joins the supernode of the
+   z-scores over the vocabulary (the feature dashboards' convention: the final norm's
+   centring, scale and weight are left out, so this ranks tokens approximately). Each selective feature of ``g`` joins the supernode of the
    group's role token (e.g. ``{"Texas": " Texas", "say Austin": " Austin"}``) that it
    promotes most, if that z-score is at least ``min_z``; otherwise the group's remainder
    supernode (``"<g> (other)"``).
-4. **Decoder directions**: shared features are grouped greedily by the cosine similarity
-   of their (summed) decoder vectors (``>= min_cosine`` joins a group); each supernode
-   records the mean pairwise cosine of its members as evidence.
+4. **Shared features**: one that promotes at least ``min_role_tokens`` of the groups'
+   tokens of a role joins "say a <role>" (e.g. "say a capital"); the rest are grouped
+   greedily by the cosine similarity of their (summed) decoder vectors (``>= min_cosine``
+   joins a group). Every supernode records the mean pairwise decoder cosine of its members
+   as evidence.
 5. **Names**: the role-token name; for shared groups the most common feature label (the
    labels of :mod:`sae_lens_clt.labels`) or the most promoted token.
 
@@ -173,6 +176,7 @@ def find_supernodes(
     min_shared: float = 0.9,
     min_z: float = 3.0,
     min_cosine: float = 0.3,
+    min_role_tokens: int = 3,
 ) -> list[Supernode]:
     """Steps 2-5: the supernodes of a prompt family.
 
@@ -191,6 +195,9 @@ def find_supernodes(
         min_shared: share of all prompts on which a shared feature is active.
         min_z: promoted-token z-score needed to join a role-token supernode.
         min_cosine: decoder cosine needed to join a shared group.
+        min_role_tokens: a shared feature joins "say a <role>" when it promotes at least
+            this many of the groups' tokens of that role at ``min_z`` (one token at z 3 out
+            of 50 is chance).
 
     Returns:
         Group supernodes (in group order, then by name), then shared ones.
@@ -253,8 +260,9 @@ def find_supernodes(
         for role, tok_id in ids.items():
             all_ids.setdefault(role, []).append(tok_id)
     out += _shared_supernodes(
-        model, clt, acts, active, labels or {}, all_ids, role_names, min_shared, min_z, min_cosine
-    )
+        model, clt, acts, active, labels or {}, all_ids, role_names, min_shared, min_z,
+        min_cosine, min_role_tokens,
+    )  # fmt: skip
     return out
 
 
@@ -278,10 +286,11 @@ def _shared_supernodes(
     min_shared: float,
     min_z: float,
     min_cosine: float,
+    min_role_tokens: int,
 ) -> list[Supernode]:
-    """Steps 3-5 for the features active on most prompts: a feature that promotes some
-    group's token of a role (z >= ``min_z``) joins "say a <role>"; the rest are grouped by
-    decoder direction."""
+    """Steps 3-5 for the features active on most prompts: a feature that promotes at least
+    ``min_role_tokens`` of the groups' tokens of a role (z >= ``min_z`` each) joins "say a
+    <role>"; the rest are grouped by decoder direction."""
     share = active.float().mean(0)  # [L, F]
     feats = [(int(layer), int(f)) for layer, f in (share >= min_shared).nonzero().tolist()]
     if not feats:
@@ -289,12 +298,12 @@ def _shared_supernodes(
     z = promoted_z_scores(model, clt, feats)  # [n, V]
     by_role: dict[str, list[int]] = {}
     rest = []
-    for i in range(len(feats)):
-        best, best_z = None, min_z
+    for i in range(len(feats)):  # the role whose tokens it promotes at z >= min_z most often
+        best, best_n = None, min_role_tokens - 1
         for role, ids in role_ids.items():
-            zi = float(z[i, ids].max())
-            if zi >= best_z:
-                best, best_z = role, zi
+            n = int((z[i, sorted(set(ids))] >= min_z).sum())
+            if n > best_n:
+                best, best_n = role, n
         (by_role.setdefault(best, []) if best is not None else rest).append(i)
     clusters: list[tuple[str | None, list[int]]] = list(by_role.items())
     dirs = torch.stack([summed_decoder(clt, layer, f) for layer, f in feats])
@@ -328,7 +337,9 @@ def _shared_supernodes(
                 in_share=[float(share[f]) for f in fs],
                 out_share=[0.0 for _ in fs],
                 mean_activation=[float(acts[:, f[0], f[1]].mean()) for f in fs],
-                promoted_z=[float(z[i, role_ids[role]].max()) if role else 0.0 for i in c],
+                promoted_z=[
+                    float(z[i, sorted(set(role_ids[role]))].max()) if role else 0.0 for i in c
+                ],  # fmt: skip
                 decoder_cosine=mean_decoder_cosine(clt, fs),
             )
         )

@@ -10,7 +10,7 @@ Algorithm (:func:`run_demo`, one named step each):
    " Austin" logit node of the pruned graph (:mod:`sae_lens_clt.attribution.paths`).
 4. :func:`ablate_paths`: set the features on those paths to 0 in the replacement model
    (frozen attention) and watch P(" Austin") fall.
-5. :func:`family_supernodes`: supernodes of the 150 city prompts of the template at its
+5. ``circuits.two_hop.family_supernodes``: supernodes of the 150 city prompts of the template at its
    last position (:mod:`sae_lens_clt.circuits.supernodes`): per state the features
    selective for its three cities, split into the state ("Texas"), the capital to say
    ("say Austin") and the rest; "say a capital" for features shared by every prompt.
@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# = default_model.corpus.TWO_HOP_PROMPT (tests/test_demo.py checks), written out so that
+# the CLI starts without importing the model code
 PROMPT = "The capital of the state containing {city} is"
 SOURCE_CITY, SOURCE_ANSWER, SOURCE_STATE = "Dallas", "Austin", "Texas"
 TARGET_CITY, TARGET_ANSWER, TARGET_STATE = "San Jose", "Sacramento", "California"
-ROLE_NAMES = {"state": "{token}", "capital": "say {token}", "shared capital": "say a capital"}
 SWAP_SCALES = (1.0, 2.0, 3.0)
 FAITHFULNESS_TOP_K = 10
 LOOSE_Z = 2.0  # promoted-token z-score of the looser state group (the supernodes use 3)
@@ -181,20 +182,6 @@ def steer_city(model: Any, clt: Any, prompt: str, clean: Any, city_pos: int):
     return clean.clean_logits[-1].softmax(-1), steered.logits[-1].softmax(-1), len(swap)
 
 
-def family_supernodes(model: Any, clt: Any, labels: dict) -> list[Any]:
-    """Step 5: the supernodes of the template's 150 city prompts at the last position."""
-    from sae_lens_clt.circuits.supernodes import find_supernodes, role_activations
-    from sae_lens_clt.default_model.corpus import STATES
-
-    prompts = [PROMPT.format(city=c) for st in STATES for c in st.cities]
-    groups = [st.name for st in STATES for _ in st.cities]
-    tokens = {st.name: {"state": " " + st.name, "capital": " " + st.capital} for st in STATES}
-    acts = role_activations(model, clt, prompts, position=-1)  # [150, L, F]
-    return find_supernodes(
-        model, clt, acts, groups, group_tokens=tokens, role_names=ROLE_NAMES, labels=labels
-    )
-
-
 def state_route(
     model: Any, clt: Any, graph: Any, supernodes: list[Any], src: int, dst: int, state: str
 ) -> tuple[dict[str, list[int]], Any, bool, list[str]]:
@@ -281,6 +268,37 @@ def _z(model: Any, clt: Any, graph: Any, node: int, token: int) -> float:
     return float(promoted_z_scores(model, clt, [(layer, feat)])[0, token])
 
 
+def state_cities(
+    model: Any, clt: Any, supernodes: list[Any], state: str
+) -> list[tuple[str, str, Any, float | None]]:
+    """Step 6, over the family: for each city of ``state``, ``(city, prompt, graph traced
+    towards the capital, share of the city → capital effect through the state supernode
+    then the say-capital one, or None when the state supernode is not active there)``."""
+    from sae_lens_clt.attribution.attribute import attribute
+    from sae_lens_clt.circuits.supernode_graph import effect_shares, member_nodes
+    from sae_lens_clt.circuits.supernodes import first_token
+    from sae_lens_clt.default_model.corpus import STATES
+
+    st = next(s for s in STATES if s.name == state)
+    state_sn = next((sn for sn in supernodes if sn.group == state and sn.role == "state"), None)
+    capital_sn = next((sn for sn in supernodes if sn.group == state and sn.role == "capital"), None)
+    out = []
+    for city in st.cities:
+        prompt = PROMPT.format(city=city)
+        graph = attribute(model, clt, prompt, targets=[first_token(model, " " + st.capital)])
+        share = None
+        if state_sn is not None and capital_sn is not None:
+            sets = {
+                "state": member_nodes(graph, state_sn),
+                "capital": member_nodes(graph, capital_sn),
+            }
+            if all(sets.values()):
+                src = graph.embedding_offset + graph.n_pos - 2  # the city's (last) token
+                share = effect_shares(graph, src, graph.logit_offset, sets).share()
+        out.append((city, prompt, graph, share))
+    return out
+
+
 def first_layer_share(graph: Any, src: int, dst: int) -> float:
     """Share of the ``src`` → ``dst`` effect through layer-0 features at the last position
     (what the first attention layer reads from the city into the answer position)."""
@@ -302,6 +320,24 @@ def check_supernodes(
 
     by_name = {sn.name: sn for sn in supernodes}
     return [validate_supernode(model, clt, prompt, graph, by_name[n]) for n in names]
+
+
+def check_elsewhere(
+    model: Any, clt: Any, supernodes: list[Any], cities: list[tuple[str, str, Any, Any]]
+) -> list[Any]:
+    """Step 7 for supernodes not active on the demo prompt: validate each on the first of
+    the state's other cities where it is (its check is named "<name> on '<city>'")."""
+    from sae_lens_clt.circuits.supernode_graph import member_nodes, validate_supernode
+
+    checks = []
+    for sn in supernodes:
+        for city, prompt, graph, _ in cities:
+            if member_nodes(graph, sn):
+                check = validate_supernode(model, clt, prompt, graph, sn)
+                check.name = f"{sn.name} on {city!r}"
+                checks.append(check)
+                break
+    return checks
 
 
 def ablate_group(
@@ -345,11 +381,19 @@ def supernode_files(
     members: dict[str, list[int]], src: int, dst: int, labels: dict, scan: str, out: Path,
     prompt: str,
 ) -> dict[str, str]:  # fmt: skip
-    """Step 9: the supernode-level figure and the graph JSON with the supernodes."""
+    """Step 9: the supernode-level figure (with a box for the other layer-0 features at the
+    last position) and the graph JSON with the supernodes validated in step 7."""
     from sae_lens_clt.circuits.supernode_graph import plot_supernode_graph, supernode_json
 
     figure = out / "supernodes.png"
     shown = {sn.name: members[sn.name] for sn in mine if sn.name in members}
+    taken = {i for nodes in shown.values() for i in nodes}
+    last = graph.n_pos - 1
+    shown[f"other L0 features @{graph.metadata['token_strings'][last]!r}"] = [
+        i
+        for i, (layer, pos, _) in enumerate(graph.active_features.tolist())
+        if layer == 0 and pos == last and i not in taken
+    ]  # fmt: skip (the route the verdict names)
     inactive = {
         sn.name: sum(layer for layer, _ in sn.features) / len(sn.features)
         for sn in mine
@@ -359,7 +403,7 @@ def supernode_files(
         graph, shown, src, dst, figure, source_name=SOURCE_CITY, target_name=SOURCE_ANSWER,
         title=prompt, inactive=inactive,
     )  # fmt: skip
-    groups = supernode_json(graph, supernodes, keep=pruned.node_mask)
+    groups = supernode_json(graph, mine, keep=pruned.node_mask)  # the ones validated here
     graph.to_json(out / "graph.json", labels=labels, pruned=pruned, scan=scan, supernodes=groups)
     return {"json": str(out / "graph.json"), "supernode_figure": str(figure)}
 
@@ -466,6 +510,8 @@ def run_demo(
         f"P({SOURCE_ANSWER!r}) {p_before:.1%} -> {p_after:.1%}"
     )
 
+    from sae_lens_clt.circuits.two_hop import family_supernodes
+
     supernodes = family_supernodes(model, clt, labels)  # step 5
     n_states = len({sn.group for sn in supernodes if sn.role == "state"})
     say(
@@ -490,6 +536,17 @@ def run_demo(
     say(f"On this prompt the model {verdict} through a state representation:")
     for line in evidence:
         say(f"  - {line}")
+    cities = state_cities(model, clt, supernodes, SOURCE_STATE)
+    state_name = next((sn.name for sn in mine if sn.role == "state"), SOURCE_STATE)
+    capital_name = next((sn.name for sn in mine if sn.role == "capital"), "say capital")
+    say(
+        f"  - on each of {SOURCE_STATE}' cities, paths through {state_name!r} then "
+        f"{capital_name!r} carry: "
+        + ", ".join(
+            f"{city} " + (f"{share:.1%}" if share is not None else f"— ({state_name} not active)")
+            for city, _, _, share in cities
+        )
+    )
     if not routes:
         say(
             f"  What it does instead: {first_layer_share(graph, src, dst):.0%} of the effect "
@@ -501,6 +558,7 @@ def run_demo(
 
     names = [sn.name for sn in mine if sn.name in members]  # step 7
     checks = check_supernodes(model, clt, prompt, graph, supernodes, names)
+    checks += check_elsewhere(model, clt, [sn for sn in mine if sn.name not in members], cities)
     say("\nAblating each supernode (Δ demeaned logit; graph = linear prediction):")
     for check in checks:
         say(f"  {check}")
@@ -514,7 +572,10 @@ def run_demo(
 
     target_id = single_token(model, TARGET_ANSWER)  # step 8
     swap = swap_state(model, clt, prompt, supernodes, SOURCE_STATE, TARGET_STATE, target_id)
-    say(f"\nSwapping {SOURCE_STATE}'s supernodes for {TARGET_STATE}'s (found the same way):")
+    say(
+        f"\nSwapping all of {SOURCE_STATE}'s supernodes for {TARGET_STATE}'s (found the same "
+        f"way: state, say {TARGET_ANSWER} and the rest):"
+    )
     for scale, n, top_tok, top_p, p_target in swap:
         say(
             f"  at {scale:g}x {TARGET_STATE}'s mean activations, {n} features: top-1 "

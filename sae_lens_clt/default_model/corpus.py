@@ -276,7 +276,10 @@ RHYMES: tuple[tuple[str, ...], ...] = (
     ("hill", "still", "will", "mill", "fill"),
 )
 
-TWO_HOP_TEMPLATE = "The capital of the state containing {city} is {capital}"
+TWO_HOP_PROMPT = "The capital of the state containing {city} is"
+"""The two-hop prompt (answer: ``" " + capital``), as the demo and the circuit tools use it."""
+
+TWO_HOP_TEMPLATE = TWO_HOP_PROMPT + " {capital}"
 """The verbatim two-hop template; held-out cities never fill it in the corpus."""
 
 STATE_CAPITAL_PROMPT = "The capital of {state} is"
