@@ -346,7 +346,7 @@ def faithfulness(
 
     # 3. measured effects
     ids = graph.logit_token_ids[target_rows].long()
-    top_id = int(graph.logit_token_ids[0])
+    top_id = int(ids[0])  # the first of the chosen targets
     runs = {
         "replacement": {"mlps": "replacement", "freeze_attention": True, "freeze_layernorm": True},
         "real_frozen_attn": {"mlps": "model", "freeze_attention": True, "freeze_layernorm": True},
