@@ -259,7 +259,7 @@ def _source_vectors(
 ) -> list[torch.Tensor]:
     """Per leaf (MLP outputs of every layer, the token embedding, the learned positions if
     any), the vectors ``[S, 1, T, d]`` the sources write there."""
-    L, T = clt.cfg.n_layers, fwd.tokens.numel()
+    L = clt.cfg.n_layers
     leaves = [*fwd.mlp_out_leaves, fwd.embed_leaf]
     if fwd.pos_leaf is not None:
         leaves.append(fwd.pos_leaf)
