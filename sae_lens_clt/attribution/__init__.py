@@ -25,6 +25,7 @@ Example::
 
 from sae_lens_clt.attribution.attribute import attribute, to_tokens
 from sae_lens_clt.attribution.faithfulness import FaithfulnessReport, faithfulness
+from sae_lens_clt.attribution.generate import GenerationResult, generate
 from sae_lens_clt.attribution.graph import AttributionGraph
 from sae_lens_clt.attribution.intervene import InterventionResult, intervene
 from sae_lens_clt.attribution.prune import GraphScores, PruneResult
@@ -32,11 +33,13 @@ from sae_lens_clt.attribution.prune import GraphScores, PruneResult
 __all__ = [
     "AttributionGraph",
     "FaithfulnessReport",
+    "GenerationResult",
     "GraphScores",
     "InterventionResult",
     "PruneResult",
     "attribute",
     "faithfulness",
+    "generate",
     "intervene",
     "to_tokens",
 ]
