@@ -166,6 +166,13 @@ def test_parts_sum_to_edges_and_equal_single_head_ablations(name: str) -> None:
     assert hl.parts.shape == (len(edges), model.cfg.n_layers, model.cfg.n_heads)
     torch.testing.assert_close(hl.weights, graph.adjacency[edges[:, 0], edges[:, 1]])
     assert sum_error(hl, graph) < TOL  # (a)
+    # causality in depth: a head below a source's layer or above a feature target's
+    # CLT input (ln2, after the layer's attention) carries nothing
+    for e, (tgt, src) in enumerate(edges.tolist()):
+        if graph.node_kind(src) in ("feature", "error"):
+            assert (hl.parts[e, : graph.node_layer_pos(src)[0] + 1] == 0).all()
+        if graph.node_kind(tgt) == "feature":
+            assert (hl.parts[e, graph.node_layer_pos(tgt)[0] + 1 :] == 0).all()
     # the split is not trivial: several heads carry most edges
     shares = hl.parts.flatten(1).abs() / hl.parts.flatten(1).abs().sum(1, keepdim=True)
     assert float((shares > 0.05).sum(1).float().mean()) > 2

@@ -340,15 +340,15 @@ def _target_grads(
         got = torch.autograd.grad(
             outputs, hf.z_total, grads, retain_graph=True, allow_unused=True, is_grads_batched=True
         )
-        idx = torch.arange(B)
-        pos_t = torch.tensor(positions)
         per_layer = []
         for layer, g in enumerate(got):
+            z = hf.z_total[layer]
             if g is None:
-                z = hf.z_total[layer]
                 per_layer.append(torch.zeros(B, *z.shape[2:], dtype=z.dtype, device=z.device))
             else:
-                per_layer.append(g[idx, 0, pos_t.to(g.device)])  # [B, H, d_head]
+                idx = torch.arange(B, device=g.device)
+                pos_t = torch.tensor(positions, device=g.device)
+                per_layer.append(g[idx, 0, pos_t])  # [B, H, d_head]
         chunks.append(torch.stack(per_layer, 1))
     return torch.cat(chunks)
 
