@@ -247,6 +247,33 @@ def test_stop_at_eos() -> None:
     torch.testing.assert_close(out.logits, base.logits[:2])
 
 
+def test_shipped_model_texas_to_california() -> None:
+    """The shipped model and CLT: setting, from " Dallas" on, the features that differ on
+    " San Jose" to their values there turns the generated answer " Austin" into
+    " Sacramento" (both ``mlps``)."""
+    from sae_lens_clt.cli.demo import PROMPT, SOURCE_CITY, TARGET_CITY, load_default
+
+    try:
+        model, clt, *_ = load_default(None)
+    except (FileNotFoundError, OSError, RuntimeError, ValueError) as e:
+        pytest.skip(f"default model not available: {e}")
+    prompt = PROMPT.format(city=SOURCE_CITY)
+    ours = intervene(model, clt, prompt, []).clean_activations  # [L, T, F]
+    theirs = intervene(model, clt, PROMPT.format(city=TARGET_CITY), []).clean_activations
+    city = model.to_str_tokens(prompt).index(" " + SOURCE_CITY)
+    swap = [
+        (layer, pos, f, float(theirs[layer, pos, f]))
+        for layer in range(clt.cfg.n_layers)
+        for pos in range(city, ours.shape[1])
+        for f in (ours[layer, pos] != theirs[layer, pos]).nonzero()[:, 0].tolist()
+    ]
+    for mlps in ("model", "replacement"):
+        base = generate(model, clt, prompt, [], max_new_tokens=3, mlps=mlps)
+        steered = generate(model, clt, prompt, swap, max_new_tokens=3, mlps=mlps)
+        assert base.text.startswith(" Austin"), base.text
+        assert steered.text.startswith(" Sacramento"), steered.text
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda(dtype: torch.dtype) -> None:
