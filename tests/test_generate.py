@@ -192,6 +192,10 @@ def test_open_ended_reaches_new_positions_constant_does_not() -> None:
     sl = generate(fam.model, fam.clt, text, [(layer, slice(T0, None), feat, steer)],
                   max_new_tokens=n)  # fmt: skip
     assert torch.equal(new.tokens, sl.tokens) and torch.equal(new.logits, sl.logits)
+    # a constant int may name a generated position: set there only
+    one = generate(fam.model, fam.clt, text, [(layer, T0 + 1, feat, steer)], max_new_tokens=n)
+    assert torch.equal(one.tokens[: T0 + 2], base.tokens[: T0 + 2])
+    assert (one.activations[layer, :, feat] == steer).nonzero().flatten().tolist() == [T0 + 1]
 
 
 def test_bad_input_is_refused() -> None:
@@ -274,20 +278,33 @@ def test_shipped_model_texas_to_california() -> None:
         assert steered.text.startswith(" Sacramento"), steered.text
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda(dtype: torch.dtype) -> None:
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_and_dtype(device: str, dtype: torch.dtype) -> None:
+    """Everything stays on the model's device and dtype; fp32 on CUDA equals CPU; seeded
+    sampling is reproducible there too; bf16 agrees with fp32 on the greedy continuation's
+    first token."""
     fam, text = family()
     todo = steering(fam)
     cpu = generate(fam.model, fam.clt, text, todo, max_new_tokens=5)
-    model, clt = fam.model.to("cuda"), fam.clt.to("cuda")
+    model, clt = fam.model.to(device), fam.clt.to(device)
     if dtype != torch.float32:
         model, clt = model.to(dtype), clt.to(dtype)
-    out = generate(model, clt, text, todo, max_new_tokens=5, do_sample=True, seed=0)
-    assert out.tokens.device.type == "cuda" and out.logits.dtype == dtype
-    again = generate(model, clt, text, todo, max_new_tokens=5, do_sample=True, seed=0)
-    assert torch.equal(out.tokens, again.tokens)
+    for mlps in ("model", "replacement"):
+        out = generate(model, clt, text, todo, max_new_tokens=5, do_sample=True, seed=0, mlps=mlps)
+        assert out.tokens.device.type == device and out.logits.dtype == dtype
+        assert out.activations.device.type == device and out.activations.dtype == dtype
+        again = generate(
+            model, clt, text, todo, max_new_tokens=5, do_sample=True, seed=0, mlps=mlps
+        )
+        assert torch.equal(out.tokens, again.tokens)
+    greedy = generate(model, clt, text, todo, max_new_tokens=5)
     if dtype == torch.float32:
-        greedy = generate(model, clt, text, todo, max_new_tokens=5)
         assert torch.equal(greedy.tokens.cpu(), cpu.tokens)
         torch.testing.assert_close(greedy.logits.cpu(), cpu.logits, atol=1e-3, rtol=1e-3)
+    else:
+        assert greedy.new_tokens[0].cpu() == cpu.new_tokens[0]

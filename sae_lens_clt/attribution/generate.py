@@ -323,22 +323,11 @@ def generate(
     for _ in range(max_new_tokens):
         T = tokens.numel()
         todo = _expand(specs, T, L, device)
-        if not specs and mlps == "model":
-            logits = model(tokens[None])[0]
-            if return_activations:
-                _, cache = model.run_with_cache(
-                    tokens[None], names_filter=[clt.cfg.hook_in(s) for s in range(L)]
-                )
-                acts_out = torch.stack(
-                    [
-                        clt.encode_layer(cache[clt.cfg.hook_in(s)][0].to(clt.dtype), s)
-                        for s in range(L)
-                    ]
-                )
-        else:
-            logits, acts_out = _intervened_pass(
-                model, clt, tokens, todo, mlps, freeze_hooks, return_activations
-            )
+        # with no interventions this is the model's own forward pass (mlps="model") or the
+        # replacement model with the clean error, which equals it
+        logits, acts_out = _intervened_pass(
+            model, clt, tokens, todo, mlps, freeze_hooks, return_activations
+        )
         step_logits.append(logits[-1])
         nxt = _choose(logits[-1], do_sample, temperature, top_k, gen)
         tokens = torch.cat([tokens, nxt.view(1).to(tokens.dtype)])
