@@ -31,7 +31,10 @@ Algorithm (``K`` distinct targets, ``S`` distinct sources among the edges asked 
    head, by the double-backward trick on the retained graph (one backward builds the
    vector-Jacobian product as a function of a dummy cotangent, a vmapped second backward
    gives ``[S, L, T, H, d_head]``): ``K + S`` passes in all, not ``K · L · H``.
-4. ``parts[e, l, h] = g[k_e, l, h] · dz_off[s_e, l, t_e, h]``.
+4. ``parts[e, l, h] = g[k_e, l, h] · dz_off[s_e, l, t_e, h]``, one chunk of
+   ``batch_size`` sources at a time (memory: ``batch_size · L · T · d_model`` floats for
+   the tangents and the target gradients, plus the retained graph of the forward and of
+   its vector-Jacobian product).
 
 Only models with causal attention whose blocks expose ``attn.hook_v`` / ``hook_z`` /
 ``hook_pattern`` (TransformerLens' ``HookedTransformer``, standard, rotary or GQA, with or
@@ -254,8 +257,21 @@ def _frozen_forward_with_heads(
     return _Forward(fwd, z_off, z_total)  # type: ignore[arg-type]
 
 
+def _error_vectors(clt: Transcoder, fwd: Any) -> torch.Tensor:
+    """``[T, L, d_out]`` error vectors ``y - ŷ`` (zero at BOS), as ``attribute`` has them."""
+    L = clt.cfg.n_layers
+    with torch.no_grad():
+        x = fwd.x.to(clt.dtype)  # [T, L, d_in]
+        pre = torch.stack([clt.encode_layer_pre(x[:, s], s) for s in range(L)], dim=1)
+        acts = torch.stack([clt.activation(pre[:, s], s) for s in range(L)], dim=1)
+        acts[0] = 0.0  # BOS is not explained
+        errors = fwd.y.to(clt.dtype) - clt.decode_sparse(acts, x)  # [T, L, d_out]
+        errors[0] = 0.0
+    return errors
+
+
 def _source_vectors(
-    model: HookedTransformer, clt: Transcoder, graph: GraphData, fwd: Any, sources: list[int]
+    clt: Transcoder, graph: GraphData, fwd: Any, errors: torch.Tensor, sources: list[int]
 ) -> list[torch.Tensor]:
     """Per leaf (MLP outputs of every layer, the token embedding, the learned positions if
     any), the vectors ``[S, 1, T, d]`` the sources write there."""
@@ -265,17 +281,8 @@ def _source_vectors(
         leaves.append(fwd.pos_leaf)
     S = len(sources)
     out = [torch.zeros(S, *leaf.shape, dtype=leaf.dtype, device=leaf.device) for leaf in leaves]
-    kinds = [graph.node_kind(s) for s in sources]
-    errors = None
-    if "error" in kinds:
-        with torch.no_grad():
-            x = fwd.x.to(clt.dtype)  # [T, L, d_in]
-            pre = torch.stack([clt.encode_layer_pre(x[:, s], s) for s in range(L)], dim=1)
-            acts = torch.stack([clt.activation(pre[:, s], s) for s in range(L)], dim=1)
-            acts[0] = 0.0  # BOS is not explained
-            errors = fwd.y.to(clt.dtype) - clt.decode_sparse(acts, x)  # [T, L, d_out]
-            errors[0] = 0.0
-    for k, (src, kind) in enumerate(zip(sources, kinds, strict=True)):
+    for k, src in enumerate(sources):
+        kind = graph.node_kind(src)
         if kind == "feature":
             s, p, f = (int(v) for v in graph.active_features[src])
             feat = torch.tensor([f], device=fwd.y.device)
@@ -285,7 +292,6 @@ def _source_vectors(
                     out[s + j][k, 0, p] = rows[j].to(out[s + j].dtype)
         elif kind == "error":
             s, p = graph.node_layer_pos(src)
-            assert errors is not None
             out[s][k, 0, p] = errors[p, s].to(out[s].dtype)
         elif kind == "embedding":
             p = src - graph.embedding_offset
@@ -353,42 +359,51 @@ def _target_grads(
     return torch.cat(chunks)
 
 
-def _source_tangents(
-    hf: _Forward, vectors: list[torch.Tensor], batch_size: int
-) -> list[torch.Tensor]:
-    """Step 3: ``dz_off`` per layer ``[S, 1, T, H, d_head]`` for the source vectors
-    ``vectors`` (per leaf ``[S, 1, T, d]``), by double backward."""
-    fwd = hf.fwd
-    leaves = [*fwd.mlp_out_leaves, fwd.embed_leaf]
-    if fwd.pos_leaf is not None:
-        leaves.append(fwd.pos_leaf)
-    with torch.enable_grad():
-        dummies = [torch.zeros_like(z, requires_grad=True) for z in hf.z_off]
-        vjps = torch.autograd.grad(
-            hf.z_off, leaves, dummies, retain_graph=True, create_graph=True, allow_unused=True
-        )
-    used = [i for i, v in enumerate(vjps) if v is not None and v.requires_grad]
-    S = vectors[0].shape[0]
-    if not used:
-        return [torch.zeros(S, *z.shape, dtype=z.dtype, device=z.device) for z in hf.z_off]
-    chunks: list[list[torch.Tensor]] = []
-    for start in range(0, S, batch_size):
-        got = torch.autograd.grad(
-            [vjps[i] for i in used],
-            dummies,
-            [vectors[i][start : start + batch_size] for i in used],
-            retain_graph=True,
-            allow_unused=True,
-            is_grads_batched=True,
-        )
-        n = min(batch_size, S - start)
-        chunks.append(
+class _SourceTangents:
+    """Step 3: ``dz_off`` for source vectors by double backward: the vector-Jacobian
+    product of ``z_off`` is built once as a function of dummy cotangents; its gradient
+    w.r.t. them in the direction of a source's vectors is ``J_off · source``."""
+
+    def __init__(self, hf: _Forward) -> None:
+        fwd = hf.fwd
+        self.leaves = [*fwd.mlp_out_leaves, fwd.embed_leaf]
+        if fwd.pos_leaf is not None:
+            self.leaves.append(fwd.pos_leaf)
+        self.z_off = hf.z_off
+        with torch.enable_grad():
+            self.dummies = [torch.zeros_like(z, requires_grad=True) for z in hf.z_off]
+            self.vjps = torch.autograd.grad(
+                hf.z_off,
+                self.leaves,
+                self.dummies,
+                retain_graph=True,
+                create_graph=True,
+                allow_unused=True,
+            )
+        self.used = [i for i, v in enumerate(self.vjps) if v is not None and v.requires_grad]
+
+    def __call__(self, vectors: list[torch.Tensor]) -> torch.Tensor:
+        """``[S, L, T, H, d_head]`` for ``vectors`` (per leaf ``[S, 1, T, d]``)."""
+        S = vectors[0].shape[0]
+        got: Sequence[torch.Tensor | None] = [None] * len(self.z_off)
+        if self.used:
+            got = torch.autograd.grad(
+                [self.vjps[i] for i in self.used],
+                self.dummies,
+                [vectors[i] for i in self.used],
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        return torch.stack(
             [
-                torch.zeros(n, *z.shape, dtype=z.dtype, device=z.device) if g is None else g
-                for g, z in zip(got, hf.z_off, strict=True)
-            ]
+                torch.zeros(S, *z.shape[1:], dtype=z.dtype, device=z.device)
+                if g is None
+                else g[:, 0]
+                for g, z in zip(got, self.z_off, strict=True)
+            ],
+            1,
         )
-    return [torch.cat([c[layer] for c in chunks]) for layer in range(len(hf.z_off))]
 
 
 def edge_head_loadings(
@@ -449,18 +464,24 @@ def edge_head_loadings(
             p.requires_grad_(False)
         hf = _frozen_forward_with_heads(model, clt, graph.input_tokens)
         g = _target_grads(model, clt, graph, hf, targets, batch_size)  # [K, L, H, dh]
-        vectors = _source_vectors(model, clt, graph, hf.fwd, sources)
-        dz = torch.stack(_source_tangents(hf, vectors, batch_size), 1)[:, :, 0]  # [S,L,T,H,dh]
+        tangents = _SourceTangents(hf)
+        errors = _error_vectors(clt, hf.fwd)
+        t_row = {t: i for i, t in enumerate(targets)}
+        src_of = torch.tensor([s for _, s in pairs])
+        k_of = torch.tensor([t_row[t] for t, _ in pairs])
+        pos_of = torch.tensor([graph.node_layer_pos(t)[1] for t, _ in pairs])
+        parts = torch.zeros(len(pairs), L, H)
+        for start in range(0, len(sources), batch_size):  # step 4, one chunk of sources
+            chunk = sources[start : start + batch_size]
+            dz = tangents(_source_vectors(clt, graph, hf.fwd, errors, chunk))  # [b,L,T,H,dh]
+            row = {src: i for i, src in enumerate(chunk)}
+            sel = torch.isin(src_of, torch.tensor(chunk)).nonzero()[:, 0]
+            b = torch.tensor([row[int(src)] for src in src_of[sel]], device=dz.device)
+            with torch.no_grad():
+                dzs = dz[b, :, pos_of[sel].to(dz.device)].float()  # [e, L, H, dh]
+                gk = g[k_of[sel].to(g.device)].float()  # [e, L, H, dh]
+                parts[sel] = (gk * dzs).sum(-1).cpu()
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
-    t_row = {t: i for i, t in enumerate(targets)}
-    s_row = {s: i for i, s in enumerate(sources)}
-    k = torch.tensor([t_row[t] for t, _ in pairs])
-    s = torch.tensor([s_row[s] for _, s in pairs])
-    pos = torch.tensor([graph.node_layer_pos(t)[1] for t, _ in pairs])
-    with torch.no_grad():
-        gk = g[k.to(g.device)].float()  # [E, L, H, dh]
-        dzs = dz[s.to(dz.device), :, pos.to(dz.device)].float()  # [E, L, H, dh]
-        parts = (gk * dzs).sum(-1).cpu()
     return HeadLoadings(edge_tensor, parts, weights, ids, _graph=graph)
