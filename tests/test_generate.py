@@ -3,7 +3,11 @@
 1. Equal to circuit-tracer 0.5's ``feature_intervention_generate`` (KV-cached, frozen and
    open attention) on tiny random models with non-identity norms and a CLT exported with
    ``to_circuit_tracer`` and loaded with circuit-tracer's own loader: same token ids, logits
-   and activations to float tolerance.
+   and activations to float tolerance (1e-4; measured ~1e-6: the KV cache against full
+   re-runs). Its open-attention path counts prompt positions with
+   ``len(tokenizer(prompt).input_ids)`` (tensor prompts: ``inputs.size(0)``, 1 for the
+   ``[1, T]`` its ``generate`` needs), so the comparison uses string prompts and a tokenizer
+   that adds BOS itself; its open-ended slices all start at the first generated token.
 2. No interventions: the model's own greedy generation (``model.generate``), both ``mlps``.
 3. Every step equals :func:`intervene` on the sequence so far (open attention), both ``mlps``.
 4. Sampling reproducible with a seed; open-ended interventions reach generated positions,
@@ -105,6 +109,26 @@ def test_equals_circuit_tracer(name: str, freeze_attention: bool, tmp_path) -> N
         assert ours_acts[layer, p, feat] == value
         ours_acts[layer, p, feat] = their_acts[layer, p, feat]
     torch.testing.assert_close(ours_acts[:, 1:], their_acts[:, 1:], atol=1e-4, rtol=1e-4)
+
+
+def test_circuit_tracer_open_ended_slices_start_at_the_first_new_token(tmp_path) -> None:
+    """circuit-tracer applies ``slice(a, None)`` with ``a`` past the prompt at every
+    generated position: ours equals it with ``"new"`` (and differs with ``a``, which we honour)."""
+    from tests.test_architectures import circuit_tracer_model
+
+    fam, text = family()
+    fam.clt.to_circuit_tracer(tmp_path / "clt")
+    rm = circuit_tracer_model(fam.model, tmp_path / "clt")
+    layer, _, feat, value = steering(fam)[2]
+    T0, n = fam.prompt.numel(), 6
+    late = [(layer, slice(T0 + 2, None), feat, value)]
+    _, their_logits, _ = rm.feature_intervention_generate(
+        text, late, max_new_tokens=n, do_sample=False, stop_at_eos=False, verbose=False
+    )
+    new = generate(fam.model, fam.clt, text, [(layer, "new", feat, value)], max_new_tokens=n)
+    ours = generate(fam.model, fam.clt, text, late, max_new_tokens=n)
+    torch.testing.assert_close(new.logits, their_logits, atol=1e-4, rtol=1e-4)
+    assert (ours.logits[1] - their_logits[1]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("mlps", ["model", "replacement"])

@@ -27,9 +27,14 @@ reading the prompt's cached keys and values. By causality, re-running the full s
 with the prompt rows frozen and the generated rows free computes the same numbers, so both
 give the same tokens and logits to float tolerance (re-running costs ``O(n (T0 + n))``
 token-passes instead of ``O(T0 + n)``, memory bounded by the longest sequence,
-``T0 + n - 1`` tokens). One difference: circuit-tracer applies *every* open-ended slice at
-every generated position whatever its start; here ``slice(a, None)`` starts at ``a``
-(the same when ``a <= T0``).
+``T0 + n - 1`` tokens). Differences, all where circuit-tracer has no defined answer:
+circuit-tracer applies *every* open-ended slice at every generated position whatever its
+start, here ``slice(a, None)`` starts at ``a`` (the same when ``a <= T0``); an ``int`` or
+closed slice may name generated positions here (circuit-tracer indexes the prompt only);
+its ``constrained_layers`` (applied to the first new token only) is not offered. As in
+circuit-tracer, a repeated ``(layer, position, feature)`` keeps the last value. Returned
+activations are dense, with intervened features at their set values (circuit-tracer's
+``sparse`` / ``apply_activation_function`` only shape what it returns).
 """
 
 from __future__ import annotations
