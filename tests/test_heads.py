@@ -196,13 +196,15 @@ def test_every_head_at_the_last_position_and_default_edges() -> None:
     assert ablation_error(model, clt, graph, hl, all_heads, [graph.n_pos - 1]) < TOL
 
 
-def test_use_attn_result_gives_the_same_parts() -> None:
+def test_use_attn_result_and_no_grad_give_the_same_parts() -> None:
     model, clt, prompt = build("standard")
     graph = attribute(model, clt, prompt)
     edges = cross_edges(graph, 4)
     plain = edge_head_loadings(model, clt, graph, edges)
     model.set_use_attn_result(True)
-    with_result = edge_head_loadings(model, clt, graph, edges, batch_size=7)
+    with torch.no_grad():  # as inside attribute(): the function turns gradients on itself
+        with_result = edge_head_loadings(model, clt, graph, edges, batch_size=7)
+    assert not any(p.requires_grad is False for p in model.parameters())  # restored
     torch.testing.assert_close(with_result.parts, plain.parts, atol=1e-5, rtol=1e-5)
 
 

@@ -462,9 +462,10 @@ def edge_head_loadings(
     try:
         for p in params:
             p.requires_grad_(False)
-        hf = _frozen_forward_with_heads(model, clt, graph.input_tokens)
+        with torch.enable_grad():  # (``attribute`` runs under no_grad)
+            hf = _frozen_forward_with_heads(model, clt, graph.input_tokens)
+            tangents = _SourceTangents(hf)
         g = _target_grads(model, clt, graph, hf, targets, batch_size)  # [K, L, H, dh]
-        tangents = _SourceTangents(hf)
         errors = _error_vectors(clt, hf.fwd)
         t_row = {t: i for i, t in enumerate(targets)}
         src_of = torch.tensor([s for _, s in pairs])
