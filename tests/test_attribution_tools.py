@@ -278,3 +278,17 @@ def test_prune_result_prints_in_one_line() -> None:
     text = repr(pruned)
     assert "\n" not in text and text.startswith("PruneResult(nodes kept ")
     assert f"edges kept {int(pruned.edge_mask.sum())}" in text
+
+
+@pytest.mark.parametrize("mlps", ["replacement", "model"])
+def test_a_repeated_intervention_keeps_the_last_value(mlps: str) -> None:
+    """As circuit-tracer does: the same (layer, position, feature) twice means the last value,
+    not the sum of both changes."""
+    model = random_model()
+    clt = random_clt(model)
+    tokens = torch.tensor([0, 5, 6, 7, 8])
+    once = intervene(model, clt, tokens, [(0, 2, 3, 1.5)], mlps=mlps).logits
+    twice = intervene(model, clt, tokens, [(0, 2, 3, 9.0), (0, 2, 3, 1.5)], mlps=mlps).logits
+    other = intervene(model, clt, tokens, [(0, 2, 3, 9.0)], mlps=mlps).logits
+    torch.testing.assert_close(twice, once)
+    assert not torch.allclose(other, once)

@@ -55,7 +55,8 @@ def _check(interventions: Sequence[Intervention], L: int, T: int, F: int) -> lis
                 f"[-{T}, {T}), feature in [0, {F})"
             )
         checked.append((int(layer), pos, int(feat), float(value)))
-    return checked
+    last = {(layer, pos, feat): value for layer, pos, feat, value in checked}  # last one wins
+    return [(*key, value) for key, value in last.items()]
 
 
 def _intervention_delta(
