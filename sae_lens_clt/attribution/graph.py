@@ -26,6 +26,20 @@ if TYPE_CHECKING:
 class AttributionGraph(GraphData):
     """Direct-effect graph of one prompt over a CLT replacement model (see ``GraphData``)."""
 
+    # a heads.HeadLoadings when built with attribute(..., head_loadings=True); not saved
+    # with the graph (recompute with heads.edge_head_loadings after load)
+    head_loadings: Any = None
+
+    def edge_heads(self, target: Any, source: Any) -> Any:
+        """``[n_layers, n_heads]``: the edge ``target <- source`` split by the attention head
+        that carries it into the target's position (see ``heads.py``)."""
+        if self.head_loadings is None:
+            raise ValueError(
+                "this graph has no head loadings: build it with attribute(..., "
+                "head_loadings=True) or set graph.head_loadings = edge_head_loadings(...)"
+            )
+        return self.head_loadings.edge_heads(target, source)
+
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PruneResult:
         """Keep the nodes and edges that carry most influence on the logits (see ``prune.py``)."""
         return prune_graph(self, node_threshold, edge_threshold)
