@@ -15,16 +15,20 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; docs/design.md §3):
    Source vectors: active feature ``a_s W_dec[s -> t]`` written at every ``t >= s``;
    error ``e_{l,p}`` at layer ``l``; embedding ``W_E[tok_p]`` (+ ``W_pos[p]``).
 3. **Targets**: demeaned logits of the most probable tokens (until their probabilities
-   sum to ``desired_logit_prob`` or there are ``max_n_logits``), or of the tokens the user
-   names (``targets``, in that order; see :func:`target_weights` for their weights): gradient
+   sum to ``desired_logit_prob`` or there are ``max_n_logits``): gradient
    ``W_U[:, tok] - mean_v W_U[:, v]`` injected at the unembedding input of the last
-   position (so a final logit soft-cap, as in Gemma-2, is outside the linear target); active features' pre-activations: ``W_enc[l][:, f]`` at the CLT input of
-   layer ``l``, position ``p``.
+   position (so a final logit soft-cap, as in Gemma-2, is outside the linear target); or
+   the targets the user names (``targets``, in that order; :mod:`.targets`): tokens, logit
+   differences, residual directions at ``blocks.{l}.hook_resid_post`` (or the unembedding
+   input) of any position, feature pre-activations (active or not) at the CLT input, each
+   a vector injected at its hook and position, with its weight. Active features'
+   pre-activations: ``W_enc[l][:, f]`` at the CLT input of layer ``l``, position ``p``.
 4. **Batched backward passes**: a batch of ``B`` targets is one vmapped
    ``torch.autograd.grad(..., is_grads_batched=True)`` over the retained graph, asking
-   only for the MLP outputs of layers below the highest target layer; with causal
-   attention, sources after the last target position are skipped too (nothing else can
-   reach the targets; node order keeps each batch within one or two layers). The
+   only for the MLP outputs of the layers that can reach a target of the batch (below a
+   feature's layer, up to a ``resid_post`` direction's layer); with causal attention,
+   sources after the last target position are skipped too (nothing else can reach the
+   targets; node order keeps each batch within one or two layers). The
    gradients at the MLP-output leaves ``G [T, B, L, d]`` and the embedding leaves are
    contracted with the source vectors: errors by one einsum, embeddings by one dot
    product per position, active features block by block (features
@@ -41,10 +45,9 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; docs/design.md §3):
 from __future__ import annotations
 
 import functools
-import operator
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -57,6 +60,20 @@ from sae_lens_clt.attribution.inputs import (  # noqa: F401  (re-exported)
     check_compatible,
     no_param_grads,
     to_tokens,
+)
+from sae_lens_clt.attribution.targets import (  # noqa: F401  (re-exported)
+    TARGET_WEIGHT_FLOOR,
+    Direction,
+    FeatureTarget,
+    LogitDiff,
+    ResolvedTargets,
+    TargetLike,
+    Token,
+    finish_targets,
+    resolve_targets,
+    resolve_targets_full,
+    target_json,
+    target_label,
 )
 from sae_lens_clt.registry import Transcoder
 
@@ -82,78 +99,6 @@ def select_logits(
     return top_ids[:k], top_p[:k]
 
 
-TARGET_WEIGHT_FLOOR = 1e-6  # below this total probability, targets are weighted renormalised
-
-
-def resolve_targets(model: HookedTransformer, targets: Sequence[str | int]) -> torch.Tensor:
-    """Token ids ``[k]`` of user-named logit targets, in the given order.
-
-    Each entry is a token id in ``[0, d_vocab)`` or a string that tokenizes (without BOS,
-    ``model.to_tokens(s, prepend_bos=False)``) to exactly one token. Raises a ValueError
-    naming the entry for anything else, for an empty list and for a token named twice.
-    """
-    if isinstance(targets, str | int) or not isinstance(targets, Sequence | torch.Tensor):
-        raise ValueError(
-            f"targets must be a list of token strings / ids (e.g. [' Austin']), got {targets!r}"
-        )
-    d_vocab = int(model.cfg.d_vocab)
-    ids: list[int] = []
-    for entry in targets:
-        if isinstance(entry, str):
-            if getattr(model, "tokenizer", None) is None:
-                raise ValueError(
-                    f"target {entry!r} is a string but the model has no tokenizer: pass its "
-                    "token id instead"
-                )
-            toks = model.to_tokens(entry, prepend_bos=False)[0].tolist()
-            if len(toks) != 1:
-                pieces = [model.tokenizer.decode([t]) for t in toks]
-                raise ValueError(
-                    f"target {entry!r} is {len(toks)} tokens ({toks}: {pieces}), not one: "
-                    "name a single token (e.g. its first token) or pass a token id"
-                )
-            token = int(toks[0])
-        else:
-            try:
-                if isinstance(entry, bool):
-                    raise TypeError
-                token = operator.index(entry)
-            except TypeError:
-                raise ValueError(
-                    f"target {entry!r} is neither a token string nor a token id"
-                ) from None
-            if not 0 <= token < d_vocab:
-                raise ValueError(
-                    f"target token id {token} is outside the vocabulary [0, {d_vocab})"
-                )
-        if token in ids:
-            raise ValueError(
-                f"target {entry!r} names token {token} a second time: each target is one "
-                "logit node, name each token once"
-            )
-        ids.append(token)
-    if not ids:
-        raise ValueError("targets is empty: name at least one token (or pass None)")
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def target_weights(last_logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """The weights ``[k]`` of user-named logit targets in influence and pruning.
-
-    The model's probabilities of ``token_ids`` at this position (``last_logits [V]``);
-    when those sum to less than :data:`TARGET_WEIGHT_FLOOR`, the same probabilities
-    renormalised to sum 1, computed as a softmax over the targets' logits alone (exact
-    however small each probability is, so never all zero). Influence, pruning and the
-    scores depend only on the ratios of the weights, so renormalising changes no result;
-    it only keeps the totals clear of the ``1e-10`` guards in ``prune.py``.
-    """
-    logits = last_logits.float()[token_ids]
-    probs = torch.softmax(last_logits.float(), dim=-1)[token_ids]
-    if float(probs.sum()) >= TARGET_WEIGHT_FLOOR:
-        return probs
-    return torch.softmax(logits, dim=-1)
-
-
 # ---------------------------------------------------------------------- step 1
 @dataclass
 class FrozenForward:
@@ -171,12 +116,20 @@ class FrozenForward:
     pos_leaf: torch.Tensor | None  # [1, T, d_model] when the model adds learned positions
     x: torch.Tensor  # [T, L, d_in] CLT inputs, detached
     y: torch.Tensor  # [T, L, d_out] true MLP outputs, detached
+    resid_post: dict[int, torch.Tensor] = field(default_factory=dict)  # l -> [1, T, d_model]
+
+
+RESID_HOOK = "blocks.{layer}.hook_resid_post"  # where a Direction target at layer l reads
 
 
 def frozen_forward(
-    model: HookedTransformer, clt: Transcoder, tokens: torch.Tensor
+    model: HookedTransformer,
+    clt: Transcoder,
+    tokens: torch.Tensor,
+    resid_layers: Sequence[int] = (),
 ) -> FrozenForward:
-    """Run the model once with the freezes of step 1 and keep the graph."""
+    """Run the model once with the freezes of step 1 and keep the graph (and the residual
+    stream after the layers ``resid_layers``, graph outputs for direction targets)."""
     L = clt.cfg.n_layers
     store: dict[str, torch.Tensor] = {}
 
@@ -216,6 +169,9 @@ def frozen_forward(
         hooks.append((clt.cfg.hook_out(layer), functools.partial(mlp_out, layer=layer)))
     unembed_hook = unembed_input_hook(model)
     hooks.append((unembed_hook, functools.partial(keep, name=unembed_hook)))
+    resid_names = {layer: RESID_HOOK.format(layer=layer) for layer in sorted(set(resid_layers))}
+    for name in resid_names.values():
+        hooks.append((name, functools.partial(keep, name=name)))
     hooks = [(n, f) for n, f in hooks if n in model.hook_dict]
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens[None].to(model.cfg.device), fwd_hooks=hooks)
@@ -231,6 +187,7 @@ def frozen_forward(
         pos_leaf=store.get("hook_pos_embed") if learned_pos else None,
         x=torch.stack([a[0].detach() for a in clt_inputs], dim=1),
         y=torch.stack([a[0].detach() for a in leaves], dim=1),
+        resid_post={layer: store[name] for layer, name in resid_names.items()},
     )
 
 
@@ -282,42 +239,80 @@ class _RowComputer:
         self.n_features = int(self.active.shape[0])
         self.n_cols = self.n_features + L * T + T
         self.layers, self.positions = layers, pos
+        self.pre, self.acts, self.clt = pre, acts, clt  # [T, L, F] each
 
-    def rows(self, feature_ids: torch.Tensor, logit_vecs: torch.Tensor) -> torch.Tensor:
-        """Rows of A for some feature targets then some logit targets.
+    def encoder_vector(self, layer: int, feature: int) -> torch.Tensor:
+        """``W_enc[layer][:, feature]`` ``[d_in]``, as the feature rows use it."""
+        device = self.enc_vecs.device
+        idx = torch.tensor([layer], device=device), torch.tensor([feature], device=device)
+        return self.clt.encoder_vectors(*idx)[0]
 
-        ``feature_ids``: ``[b_f]`` indices into the active features; ``logit_vecs``:
-        ``[b_l, d_model]`` demeaned unembedding directions. Returns ``[b_f + b_l, n_cols]``.
+    def feature_state(self, layer: int, pos: int, feature: int) -> tuple[float, float]:
+        """``(pre-activation, activation)`` of a feature on this prompt (0 at BOS)."""
+        return float(self.pre[pos, layer, feature]), float(self.acts[pos, layer, feature])
+
+    def output(self, read: str) -> torch.Tensor:
+        """The graph output a target reads: ``"unembed"``, ``"resid_post.{l}"``,
+        ``"clt_in.{l}"`` (``[1, T, d]``)."""
+        if read == "unembed":
+            return self.fwd.unembed_input
+        kind, layer = read.split(".")
+        return (self.fwd.resid_post if kind == "resid_post" else self.fwd.clt_inputs)[int(layer)]
+
+    def rows(
+        self, feature_ids: torch.Tensor, targets: ResolvedTargets | None, target_ids: Sequence[int]
+    ) -> torch.Tensor:
+        """Rows of A for some feature targets then some graph targets.
+
+        ``feature_ids``: ``[b_f]`` indices into the active features; ``target_ids``:
+        ``b_t`` indices into ``targets`` (each a vector read at one hook and position).
+        Returns ``[b_f + b_t, n_cols]``.
         """
         fwd, L, T = self.fwd, self.L, self.T
-        n_f, n_l = int(feature_ids.numel()), int(logit_vecs.shape[0])
-        B = n_f + n_l
+        target_ids = list(target_ids)
+        n_f, n_t = int(feature_ids.numel()), len(target_ids)
+        B = n_f + n_t
         if B == 0:
             return torch.zeros(0, self.n_cols)
         d_out = self.errors.shape[-1]
-        outputs, grads = [], []
         f_layers, f_pos = self.layers[feature_ids], self.positions[feature_ids]
-        # only MLP outputs of layers < src_end, positions < pos_end can reach these targets
-        src_end = L if n_l else int(f_layers.max())
-        pos_end = int(f_pos.max()) + 1 if self.causal and not n_l else T
+        # seeds: (row, read, position, vector); a feature at layer l reads clt_in.l
+        grads: dict[str, torch.Tensor] = {}
+
+        def grad_of(read: str) -> torch.Tensor:
+            if read not in grads:
+                target = self.output(read)
+                grads[read] = torch.zeros(
+                    B, *target.shape, dtype=target.dtype, device=target.device
+                )
+            return grads[read]
+
         for layer in f_layers.unique().tolist():
             sel = (f_layers == layer).nonzero()[:, 0]
-            target = fwd.clt_inputs[layer]
-            g = torch.zeros(B, *target.shape, dtype=target.dtype, device=target.device)
+            g = grad_of(f"clt_in.{layer}")
             g[sel, 0, f_pos[sel]] = self.enc_vecs[feature_ids[sel]].to(g.dtype)
-            outputs.append(target)
-            grads.append(g)
-        if n_l:
-            target = fwd.unembed_input
-            g = torch.zeros(B, *target.shape, dtype=target.dtype, device=target.device)
-            g[torch.arange(n_f, B), 0, T - 1] = logit_vecs.to(g.dtype)
-            outputs.append(target)
-            grads.append(g)
+        ends, last = [int(f_layers.max())] if n_f else [], [int(f_pos.max())] if n_f else []
+        for row, k in enumerate(target_ids, start=n_f):
+            assert targets is not None
+            g = grad_of(targets.reads[k])
+            pos = int(targets.positions[k])
+            g[row, 0, pos] = targets.vectors[k].to(device=g.device, dtype=g.dtype)
+            ends.append(targets.src_ends[k])
+            last.append(pos)
+        # only MLP outputs of layers < src_end, positions < pos_end can reach these targets
+        src_end = max(ends)
+        pos_end = max(last) + 1 if self.causal else T
+        outputs = [self.output(read) for read in grads]
         inputs = fwd.mlp_out_leaves[:src_end] + [fwd.embed_leaf]
         if fwd.pos_leaf is not None:
             inputs.append(fwd.pos_leaf)
         got = torch.autograd.grad(
-            outputs, inputs, grads, retain_graph=True, allow_unused=True, is_grads_batched=True
+            outputs,
+            inputs,
+            list(grads.values()),
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
         )
         kw = {"dtype": self.errors.dtype, "device": self.errors.device}
         G = torch.zeros(pos_end, B, src_end, d_out, **kw)  # grads at the MLP outputs
@@ -345,28 +340,35 @@ class _RowComputer:
         return out.cpu()
 
 
+def _target_rows(rc: _RowComputer, targets: ResolvedTargets, batch_size: int) -> torch.Tensor:
+    """Rows ``[k, n_cols]`` of the graph targets, ``batch_size`` per backward pass."""
+    none = torch.zeros(0, dtype=torch.long)
+    k = len(targets.reads)
+    chunks = [range(i, min(i + batch_size, k)) for i in range(0, k, batch_size)]
+    return torch.cat([rc.rows(none, targets, chunk) for chunk in chunks])
+
+
 def _all_rows(
-    rc: _RowComputer, logit_vecs: torch.Tensor, batch_size: int
+    rc: _RowComputer, targets: ResolvedTargets, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Every active feature gets a row: fill ``A [N, N]`` in node order.
 
     Returns ``(adjacency, selected feature indices, backward passes)``."""
-    n_logits = logit_vecs.shape[0]
+    n_logits = len(targets.reads)
     selected = torch.arange(rc.n_features)
     N = rc.n_cols + n_logits
     adjacency = torch.zeros(N, N, dtype=torch.float32)
-    adjacency[rc.n_cols :, : rc.n_cols] = rc.rows(selected[:0], logit_vecs)
-    n_batches = 1
+    adjacency[rc.n_cols :, : rc.n_cols] = _target_rows(rc, targets, batch_size)
+    n_batches = -(-n_logits // batch_size)
     for ids in selected.split(batch_size):
-        adjacency[ids, : rc.n_cols] = rc.rows(ids, logit_vecs[:0])
+        adjacency[ids, : rc.n_cols] = rc.rows(ids, None, ())
         n_batches += 1
     return adjacency, selected, n_batches
 
 
 def _ranked_rows(
     rc: _RowComputer,
-    logit_vecs: torch.Tensor,
-    logit_probs: torch.Tensor,
+    targets: ResolvedTargets,
     n_keep: int,
     batch_size: int,
     update_interval: int,
@@ -374,22 +376,22 @@ def _ranked_rows(
     """Only ``n_keep`` features get rows, the most influential as rows come in (step 5).
 
     Returns ``(adjacency, selected feature indices, backward passes)``."""
-    n_active, n_logits = rc.n_features, logit_vecs.shape[0]
+    n_active, n_logits = rc.n_features, len(targets.reads)
     n_full = rc.n_cols + n_logits  # node space before dropping unselected features
     buf = torch.zeros(n_logits + n_keep, n_full, dtype=torch.float32)
     row_nodes = torch.zeros(n_logits + n_keep, dtype=torch.long)
     logit_nodes = torch.arange(rc.n_cols, n_full)
-    buf[:n_logits, : rc.n_cols] = rc.rows(torch.zeros(0, dtype=torch.long), logit_vecs)
+    buf[:n_logits, : rc.n_cols] = _target_rows(rc, targets, batch_size)
     row_nodes[:n_logits] = logit_nodes
-    n_batches, n_rows = 1, n_logits
+    n_batches, n_rows = -(-n_logits // batch_size), n_logits
     visited = torch.zeros(n_active, dtype=torch.bool)
     while n_rows - n_logits < n_keep:
-        infl = influence_from_rows(buf[:n_rows], row_nodes[:n_rows], logit_nodes, logit_probs)
+        infl = influence_from_rows(buf[:n_rows], row_nodes[:n_rows], logit_nodes, targets.weights)
         rank = torch.argsort(infl[:n_active], descending=True, stable=True)
         quota = min(update_interval * batch_size, n_keep - (n_rows - n_logits))
         pending = rank[~visited[rank]][:quota]
         for ids in pending.split(batch_size):
-            buf[n_rows : n_rows + ids.numel(), : rc.n_cols] = rc.rows(ids, logit_vecs[:0])
+            buf[n_rows : n_rows + ids.numel(), : rc.n_cols] = rc.rows(ids, None, ())
             row_nodes[n_rows : n_rows + ids.numel()] = ids
             visited[ids] = True
             n_rows += ids.numel()
@@ -416,7 +418,7 @@ def attribute(
     max_feature_nodes: int | None = None,
     batch_size: int = 128,
     update_interval: int = 4,
-    targets: Sequence[str | int] | None = None,
+    targets: Sequence[TargetLike] | None = None,
     verbose: bool = False,
 ) -> AttributionGraph:
     """Attribution graph of ``prompt`` over the CLT local replacement model.
@@ -433,14 +435,20 @@ def attribute(
             ranked progressively) become nodes.
         batch_size: target rows per backward pass.
         update_interval: batches between two re-rankings (with ``max_feature_nodes``).
-        targets: the output tokens to explain, in this order, instead of the top logits:
-            token ids, or strings of exactly one token each (e.g. ``[" Austin"]``), each
-            named once. Their logit nodes are weighted (``logit_probabilities``, what
-            influence, pruning and scores read) by the model's probabilities of them on
-            this prompt, or by those probabilities renormalised to sum 1 when they sum to
-            less than ``1e-6`` (:func:`target_weights`; same ratios, so the same graph
-            analysis); the model's own probabilities are in
-            ``metadata["target_probabilities"]`` either way.
+        targets: what to explain, in this order, instead of the top logits (each named
+            once; :mod:`sae_lens_clt.attribution.targets`): token ids or strings of exactly
+            one token (``" Austin"``, or ``Token(" Austin", weight=...)``), logit differences
+            (``LogitDiff(" Austin", " Sacramento")``), residual directions
+            (``Direction(vec, layer=l, position=p, name=...)``, read at
+            ``blocks.{l}.hook_resid_post``, or the unembedding input for ``layer=None``),
+            feature pre-activations, active or not (``FeatureTarget(layer, pos, feature)``).
+            They fill the logit slot of the node table in this order (``target_info``,
+            ``target_positions``, ``target_layers`` say what each is). Their weights
+            (``logit_probabilities``, what influence, pruning and scores read): ``weight=``
+            when given, else a token's probability under the model and ``1 / k`` for the
+            other kinds, renormalised to sum 1 when they sum to less than ``1e-6`` (same
+            ratios, so the same graph analysis); the model's own probabilities of token
+            targets are in ``metadata["target_probabilities"]`` (``None`` for the others).
         verbose: print timings.
 
     Returns:
@@ -451,46 +459,61 @@ def attribute(
     settings = _checked_settings(
         max_n_logits, desired_logit_prob, max_feature_nodes, batch_size, update_interval
     )
-    target_ids = None if targets is None else resolve_targets(model, targets)
-    settings["targets"] = (
-        None if targets is None else [t if isinstance(t, str) else int(t) for t in targets]
-    )
     tokens = to_tokens(model, prompt)
+    L, T = clt.cfg.n_layers, tokens.numel()
+    entries: list[Any] | None = None
+    resolved: ResolvedTargets | None = None
+    if targets is not None:  # checked before anything runs
+        entries, resolved = resolve_targets_full(
+            model, targets, T, L, clt.cfg.d_sae, resid_hook=RESID_HOOK
+        )
+    settings["targets"] = None if entries is None else [target_json(t) for t in entries]
+    resid_layers = [] if resolved is None else [
+        int(r.split(".")[1]) for r in resolved.reads if r.startswith("resid_post.")
+    ]  # fmt: skip
     with no_param_grads(model, clt):
-        fwd = frozen_forward(model, clt, tokens)  # step 1
+        fwd = frozen_forward(model, clt, tokens, resid_layers)  # step 1
         t_fwd = time.perf_counter()
         rc = _RowComputer(model, clt, fwd)  # step 2
-        logit_ids, logit_probs, logit_vecs = _logit_targets(model, fwd, settings, target_ids)
+        if resolved is None:  # step 3: the top logits
+            ids, _ = select_logits(
+                fwd.logits[-1], settings["max_n_logits"], settings["desired_logit_prob"]
+            )
+            entries, resolved = resolve_targets_full(model, ids.cpu(), T, L, clt.cfg.d_sae)
+        finish_targets(entries, resolved, fwd.logits[-1], rc.encoder_vector, rc.feature_state)
         n_keep = (
             rc.n_features if max_feature_nodes is None else min(max_feature_nodes, rc.n_features)
         )
         if n_keep == rc.n_features:  # step 4
-            adjacency, selected, n_batches = _all_rows(rc, logit_vecs, batch_size)
+            adjacency, selected, n_batches = _all_rows(rc, resolved, batch_size)
         else:  # steps 4-5
             adjacency, selected, n_batches = _ranked_rows(
-                rc, logit_vecs, logit_probs, n_keep, batch_size, update_interval
+                rc, resolved, n_keep, batch_size, update_interval
             )
-        last_probs = torch.softmax(fwd.logits[-1].float(), dim=-1).cpu()  # [V]
     del fwd
     timing = {"forward": t_fwd - start, "total": time.perf_counter() - start}
+    metadata = _graph_metadata(
+        model, clt, prompt, tokens, resolved, settings, rc.n_features, n_batches, timing
+    )
+    if targets is not None:  # the weights are logit_probabilities; these are the model's
+        metadata["target_probabilities"] = resolved.model_probs
     graph = AttributionGraph(  # step 6
         adjacency=adjacency,
         active_features=rc.active[selected].long(),
         activation_values=rc.values[selected],
-        logit_token_ids=logit_ids.long(),
-        logit_probabilities=logit_probs.float(),
+        logit_token_ids=resolved.ids.long(),
+        logit_probabilities=resolved.weights.float(),
         input_tokens=tokens,
-        n_layers=clt.cfg.n_layers,
-        metadata=_graph_metadata(
-            model, clt, prompt, tokens, logit_ids, settings, rc.n_features, n_batches, timing
-        ),
+        n_layers=L,
+        metadata=metadata,
+        target_positions=resolved.positions.clone(),
+        target_layers=resolved.layers.clone(),
+        target_info=resolved.info,
     )
-    if target_ids is not None:  # the weights are logit_probabilities; these are the model's
-        graph.metadata["target_probabilities"] = last_probs[logit_ids].tolist()
     if verbose:
         print(
-            f"attribute: {tokens.numel()} tokens, {rc.n_features} active features "
-            f"({selected.numel()} kept), {logit_ids.numel()} logits, {n_batches} backward "
+            f"attribute: {T} tokens, {rc.n_features} active features "
+            f"({selected.numel()} kept), {len(resolved.reads)} targets, {n_batches} backward "
             f"passes; forward {timing['forward']:.3f}s, total {timing['total']:.3f}s"
         )
     return graph
@@ -519,26 +542,6 @@ def _checked_settings(
     }
 
 
-def _logit_targets(
-    model: HookedTransformer,
-    fwd: FrozenForward,
-    settings: dict[str, Any],
-    target_ids: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step 3: ``(token ids [k], weights [k], demeaned unembedding rows [k, d_model])``:
-    the top logits and their probabilities, or ``target_ids`` and :func:`target_weights`."""
-    if target_ids is None:
-        logit_ids, logit_probs = select_logits(
-            fwd.logits[-1], settings["max_n_logits"], settings["desired_logit_prob"]
-        )
-    else:
-        logit_ids = target_ids.to(fwd.logits.device)
-        logit_probs = target_weights(fwd.logits[-1], logit_ids)
-    W_U = model.W_U.detach()  # [d_model, d_vocab]
-    logit_vecs = (W_U[:, logit_ids] - W_U.mean(dim=1, keepdim=True)).T  # [k, d_model]
-    return logit_ids.cpu(), logit_probs.cpu(), logit_vecs
-
-
 def transcoder_summary(clt: Transcoder) -> dict[str, Any]:
     """What a graph records of its transcoder (JSON): architecture, model, shape, hooks."""
     return {
@@ -557,7 +560,7 @@ def _graph_metadata(
     clt: Transcoder,
     prompt: Prompt,
     tokens: torch.Tensor,
-    logit_ids: torch.Tensor,
+    targets: ResolvedTargets,
     settings: dict[str, Any],
     n_active: int,
     n_batches: int,
@@ -572,7 +575,10 @@ def _graph_metadata(
     return {
         "prompt": prompt if isinstance(prompt, str) else None,
         "token_strings": [tok_str(int(t)) for t in tokens],
-        "logit_token_strings": [tok_str(int(t)) for t in logit_ids],
+        # a token target's text; another target's label (what printers of logits show)
+        "logit_token_strings": [
+            tok_str(i["token"]) if i["kind"] == "token" else target_label(i) for i in targets.info
+        ],
         "model_name": str(getattr(model.cfg, "model_name", "")),
         "clt": transcoder_summary(clt),
         "settings": settings,

@@ -2,7 +2,9 @@
 
 Algorithm:
 
-1. Prune the graph (``prune.py``); each kept node gets its circuit-tracer ``Node`` fields,
+1. Prune the graph (``prune.py``); each kept node gets its circuit-tracer ``Node`` fields
+   (every target is a ``logit`` node at its own position: a token's id, or for a custom
+   target its virtual id ``d_vocab + k``, with a ``clerp`` naming it),
    ``influence`` being its cumulative-influence rank score as circuit-tracer writes it; a
    graph aggregated over prompts (a ``node_share``) adds ``prompt_share`` to each node and
    "(in N% of prompts)" to each feature's ``clerp``.
@@ -122,7 +124,7 @@ def cantor_pairing(x: int, y: int) -> int:
 
 def node_index(graph: GraphData, node: int | str | tuple[int, int, int]) -> int:
     """The node-table index of ``node``: an index, a graph-JSON ``node_id`` (``"0_253_8"``
-    feature, ``"0_-1_8"`` error, ``"E_791_8"`` embedding, ``"5_4001_8"`` logit) or a
+    feature, ``"0_-1_8"`` error, ``"E_791_8"`` embedding, ``"5_4001_8"`` logit or target) or a
     feature's ``(layer, pos, feature)``."""
     if isinstance(node, int):
         if not 0 <= node < graph.n_nodes:
@@ -140,7 +142,9 @@ def node_index(graph: GraphData, node: int | str | tuple[int, int, int]) -> int:
                 raise ValueError(f"{node!r}: the token at position {pos} is not {second}")
             return graph.embedding_offset + pos
         if int(first) == graph.n_layers + 1:
-            hits = (graph.logit_token_ids == second).nonzero()[:, 0]
+            hits = ((graph.logit_token_ids == second) & (graph.target_positions == pos)).nonzero()[
+                :, 0
+            ]
             if not len(hits):
                 raise ValueError(f"{node!r}: token {second} is not among the graph's logits")
             return graph.logit_offset + int(hits[0])
@@ -192,7 +196,7 @@ def graph_json(
     if pruned is None:
         pruned = prune_graph(graph, node_threshold, edge_threshold)
     labels = labels or {}
-    L, T = graph.n_layers, graph.n_pos
+    L = graph.n_layers
     tokens = [int(t) for t in graph.input_tokens]
     tok_strs = graph.metadata.get("token_strings") or [str(t) for t in tokens]
     logit_strs = graph.metadata.get("logit_token_strings") or [
@@ -225,14 +229,18 @@ def graph_json(
                 feature_type=FEATURE_TYPES[2], jsNodeId=f"E_{tokens[pos]}-{pos}",
                 influence=infl,
             )  # fmt: skip
-        else:
+        else:  # a target: a token's logit, or a custom target (a virtual id >= d_vocab)
             k = i - graph.logit_offset
             tok, prob = int(graph.logit_token_ids[k]), float(graph.logit_probabilities[k])
+            _, pos = graph.node_layer_pos(i)
+            if graph.target_kind(k) == "token":
+                clerp = f'Output "{_token_text(logit_strs[k])}" (p={prob:.3f})'
+            else:
+                clerp = f"{_token_text(graph.target_label(k))} (w={prob:.3f})"
             nodes[i] = _node(
-                node_id=f"{L + 1}_{tok}_{T - 1}", feature=tok, layer=str(L + 1),
-                ctx_idx=T - 1, feature_type=FEATURE_TYPES[3], jsNodeId=f"L_{tok}-{T - 1}",
-                clerp=f'Output "{_token_text(logit_strs[k])}" (p={prob:.3f})',
-                token_prob=prob, is_target_logit=k == 0, influence=infl,
+                node_id=f"{L + 1}_{tok}_{pos}", feature=tok, layer=str(L + 1),
+                ctx_idx=pos, feature_type=FEATURE_TYPES[3], jsNodeId=f"L_{tok}-{pos}",
+                clerp=clerp, token_prob=prob, is_target_logit=k == 0, influence=infl,
             )  # fmt: skip
 
     share = getattr(graph, "node_share", None)  # [N] on an aggregate over prompts

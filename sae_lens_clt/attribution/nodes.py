@@ -11,6 +11,12 @@ Node order (rows = targets, columns = sources)::
 
 so error node ``(layer, pos)`` has index ``n_features + layer * n_pos + pos``.
 ``adjacency[target, source]`` is the direct effect of ``source`` on ``target``.
+
+The "logit" slot holds the graph's *targets* (:mod:`.targets`): demeaned logits, logit
+differences, residual directions or feature pre-activations. Per target the graph keeps
+``target_positions [k]``, ``target_layers [k]`` (``n_layers`` for the unembedding input)
+and ``target_info`` (JSON dicts: ``kind`` and what names it); a file without them (older
+graphs) loads as demeaned logits of ``logit_token_ids`` at the last position.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
+from sae_lens_clt.attribution.targets import target_label
 from sae_lens_clt.formats.atomic import atomic_save_safetensors
 from sae_lens_clt.formats.safetensors import file_metadata, read_tensors
 
@@ -35,6 +42,7 @@ _TENSOR_FIELDS = (
     "logit_probabilities",
     "input_tokens",
 )
+_TARGET_TENSORS = ("target_positions", "target_layers")  # optional: older files lack them
 
 
 G = TypeVar("G", bound="GraphData")
@@ -48,11 +56,18 @@ class GraphData:
         adjacency: ``[N, N]`` float32, rows = targets, columns = sources.
         active_features: ``[n_features, 3]`` int64 rows ``(layer, pos, feature)`` in node order.
         activation_values: ``[n_features]`` float32 activations of those features.
-        logit_token_ids: ``[n_logits]`` int64 output tokens of the logit nodes.
-        logit_probabilities: ``[n_logits]`` float32 their probabilities on this prompt.
+        logit_token_ids: ``[n_logits]`` int64 output tokens of the logit (target) nodes;
+            ``d_vocab + k`` for a target ``k`` that is not one token's logit.
+        logit_probabilities: ``[n_logits]`` float32 the targets' weights (tokens: their
+            probabilities on this prompt).
         input_tokens: ``[n_pos]`` int64 prompt tokens (BOS first).
         n_layers: number of model layers (= CLT layers).
         metadata: JSON-serialisable dict (model, CLT, settings, token strings, ...).
+        target_positions: ``[n_logits]`` int64 position of each target (default: the last).
+        target_layers: ``[n_logits]`` int64 layer each target reads (default ``n_layers``:
+            the unembedding input).
+        target_info: one JSON dict per target (``kind``: ``token`` / ``logit_diff`` /
+            ``direction`` / ``feature``, and what names it; see :mod:`.targets`).
     """
 
     adjacency: torch.Tensor
@@ -63,6 +78,9 @@ class GraphData:
     input_tokens: torch.Tensor
     n_layers: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    target_positions: torch.Tensor | None = None
+    target_layers: torch.Tensor | None = None
+    target_info: list[dict[str, Any]] | None = None
 
     TENSOR_FIELDS: ClassVar[tuple[str, ...]] = _TENSOR_FIELDS  # what the file holds
 
@@ -78,6 +96,31 @@ class GraphData:
             raise ValueError(
                 f"active_features must be [n, 3] (layer, pos, feature), "
                 f"got {tuple(self.active_features.shape)}"
+            )
+        k = self.n_logits
+        if self.target_positions is None:
+            self.target_positions = torch.full((k,), self.n_pos - 1, dtype=torch.long)
+        if self.target_layers is None:
+            self.target_layers = torch.full((k,), self.n_layers, dtype=torch.long)
+        if self.target_info is None:
+            strs = self.metadata.get("logit_token_strings") or []
+            self.target_info = [
+                {
+                    "kind": "token",
+                    "token": int(t),
+                    "token_str": strs[i] if i < len(strs) else str(int(t)),
+                }
+                for i, t in enumerate(self.logit_token_ids.tolist())
+            ]
+        if (
+            self.target_positions.shape != (k,)
+            or self.target_layers.shape != (k,)
+            or len(self.target_info) != k
+        ):
+            raise ValueError(
+                f"target_positions, target_layers and target_info need one entry per target "
+                f"({k}), got {tuple(self.target_positions.shape)}, "
+                f"{tuple(self.target_layers.shape)} and {len(self.target_info)}"
             )
 
     # ------------------------------------------------------------------ node table
@@ -131,7 +174,8 @@ class GraphData:
         return "logit"
 
     def node_layer_pos(self, index: int) -> tuple[int, int]:
-        """``(layer, pos)`` of a node; embeddings get layer -1, logits layer ``n_layers``."""
+        """``(layer, pos)`` of a node; embeddings get layer -1; a target its own
+        (``n_layers`` and the last position for logits)."""
         kind = self.node_kind(index)
         if kind == "feature":
             layer, pos, _ = self.active_features[index].tolist()
@@ -140,7 +184,22 @@ class GraphData:
             return divmod(index - self.error_offset, self.n_pos)
         if kind == "embedding":
             return -1, index - self.embedding_offset
-        return self.n_layers, self.n_pos - 1
+        k = index - self.logit_offset
+        return int(self.target_layers[k]), int(self.target_positions[k])
+
+    def target_kind(self, k: int) -> str:
+        """Kind of target ``k`` (0-based among the targets): ``'token'``, ``'logit_diff'``,
+        ``'direction'`` or ``'feature'``."""
+        return str(self.target_info[k].get("kind", "token"))
+
+    def target_label(self, k: int, short: bool = False) -> str:
+        """A readable name of target ``k`` (``short``: for a figure)."""
+        return target_label(self.target_info[k], short=short)
+
+    @property
+    def only_logit_targets(self) -> bool:
+        """True when every target is one token's demeaned logit at the last position."""
+        return all(i.get("kind", "token") == "token" for i in self.target_info)
 
     def logit_weights(self) -> torch.Tensor:
         """``[N]`` vector: logit probabilities on the logit nodes, zero elsewhere."""
@@ -160,13 +219,15 @@ class GraphData:
             path = path.with_suffix(".safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {
-            name: getattr(self, name).detach().cpu().contiguous() for name in self.TENSOR_FIELDS
+            name: getattr(self, name).detach().cpu().contiguous()
+            for name in (*self.TENSOR_FIELDS, *_TARGET_TENSORS)
         }
         header = {
             "format": GRAPH_FORMAT,
             "version": str(GRAPH_FORMAT_VERSION),
             "n_layers": str(self.n_layers),
             "metadata": json.dumps(self.metadata),
+            "targets": json.dumps(self.target_info),
             **self.header_fields(),
         }
         return atomic_save_safetensors(tensors, path, metadata=header)
@@ -196,10 +257,14 @@ class GraphData:
         missing = [n for n in cls.TENSOR_FIELDS if n not in tensors]
         if missing:
             raise ValueError(f"{path} lacks the tensors {missing}; was it truncated?")
+        targets = {n: tensors[n].long() for n in _TARGET_TENSORS if n in tensors}
+        if "targets" in header:
+            targets["target_info"] = json.loads(header["targets"])
         return cls(
             **{n: tensors[n] for n in cls.TENSOR_FIELDS},
             n_layers=int(header["n_layers"]),
             metadata=json.loads(header.get("metadata", "{}")),
+            **targets,
             **extra,
         )
 

@@ -89,4 +89,6 @@ def node_name(graph: Any, index: int, tok_strs: list[str], labels: dict) -> str:
         _, pos = graph.node_layer_pos(index)
         return f"embedding {tok_strs[pos]!r}"
     i = index - graph.logit_offset
+    if graph.target_kind(i) != "token":
+        return f"target {graph.target_label(i)}"
     return f"logit {graph.metadata['logit_token_strings'][i]!r}"

@@ -21,6 +21,8 @@ Algorithm (``plot_graph``, one helper per step):
    opacity grow with strength, so weak edges fade.
 4. ``_draw_nodes``: marker area grows with influence; features circles, errors grey
    squares, embeddings green squares, logits purple diamonds, supernodes gold squares.
+   Every target (logit, logit difference, direction, feature pre-activation) sits in
+   the top row at its own position, labelled by its short name and weight.
 5. ``_place_labels``: every logit is labelled (two tiers); feature and supernode labels are
    placed greedily, most influential first, at the first of a few spots around the node
    whose box overlaps no marker and no label already placed; a label with no free spot is
@@ -97,6 +99,25 @@ def _text_width(text: str, size: float = _FONT) -> float:
     from matplotlib.textpath import TextPath
 
     return float(TextPath((0, 0), text, size=size, prop=FontProperties()).get_extents().width)
+
+
+def _target_labels(graph: GraphData) -> list[str]:
+    """One short label per target: a token with its probability, another target (logit
+    difference, direction, feature pre-activation) by its short name, its weight and,
+    when not at the last position, its position."""
+    logit_strs = graph.metadata.get("logit_token_strings") or [
+        str(int(t)) for t in graph.logit_token_ids
+    ]
+    labels = []
+    for k, w in enumerate(graph.logit_probabilities.tolist()):
+        if graph.target_kind(k) == "token":
+            s = logit_strs[k]
+            labels.append(f"{_short(s.strip() or repr(s), 14)} {float(w):.0%}")
+            continue
+        _, pos = graph.node_layer_pos(graph.logit_offset + k)
+        where = "" if pos == graph.n_pos - 1 else f" @{pos}"
+        labels.append(f"{_short(graph.target_label(k, short=True), 16)}{where} w{float(w):.2f}")
+    return labels
 
 
 # ---------------------------------------------------------------------- 1. display graph
@@ -392,7 +413,8 @@ def _finish(
     ax.set_xticks(centers)
     ax.set_xticklabels([_short(repr(t)[1:-1], 14) for t in tok_strs], rotation=40, ha="right")
     ax.set_yticks(range(-1, L + 1))
-    ax.set_yticklabels(["emb"] + [f"L{layer}" for layer in range(L)] + ["logits"])
+    top = "logits" if graph.only_logit_targets else "targets"
+    ax.set_yticklabels(["emb"] + [f"L{layer}" for layer in range(L)] + [top])
     ax.set_xlim(0, total + 0.4)
     ax.set_ylim(-1.5, L + 0.9)
     ax.grid(axis="y", color="0.93", zorder=0)
@@ -463,13 +485,7 @@ def plot_graph(
     if max_edges < 0:
         raise ValueError(f"max_edges must be >= 0, got {max_edges}")
     pruned = pruned if pruned is not None else prune_graph(graph, node_threshold, edge_threshold)
-    logit_strs = graph.metadata.get("logit_token_strings") or [
-        str(int(t)) for t in graph.logit_token_ids
-    ]
-    logit_labels = [
-        f"{_short(s.strip() or repr(s), 14)} {float(p):.0%}"
-        for s, p in zip(logit_strs, graph.logit_probabilities.tolist(), strict=True)
-    ]
+    logit_labels = _target_labels(graph)
     # 1. the display graph
     nodes, hidden = _kept_nodes(graph, pruned, max_nodes, max_per_cell)
     disp = _display_graph(graph, pruned, nodes, hidden, labels or {}, view, n_paths, supernodes)
