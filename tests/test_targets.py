@@ -214,6 +214,7 @@ def frozen_run(model, clt, ref, out_inject, embed_inject, pos_inject) -> dict[st
     return seen
 
 
+@torch.no_grad()
 def target_values(model, clt, graph: AttributionGraph, seen) -> torch.Tensor:
     """Each target quantity of ``graph`` read off a frozen run: ``[K, n_targets]``."""
     last = seen[unembed_input_hook(model)][:, -1] @ model.W_U + model.b_U  # [K, V]

@@ -341,11 +341,16 @@ class _RowComputer:
 
 
 def _target_rows(rc: _RowComputer, targets: ResolvedTargets, batch_size: int) -> torch.Tensor:
-    """Rows ``[k, n_cols]`` of the graph targets, ``batch_size`` per backward pass."""
+    """Rows ``[k, n_cols]`` of the graph targets, ``batch_size`` per backward pass; batches
+    group targets by the layers and positions that reach them (cheapest first)."""
     none = torch.zeros(0, dtype=torch.long)
     k = len(targets.reads)
-    chunks = [range(i, min(i + batch_size, k)) for i in range(0, k, batch_size)]
-    return torch.cat([rc.rows(none, targets, chunk) for chunk in chunks])
+    order = sorted(range(k), key=lambda i: (targets.src_ends[i], int(targets.positions[i])))
+    out = torch.zeros(k, rc.n_cols, dtype=torch.float32)
+    for i in range(0, k, batch_size):
+        chunk = order[i : i + batch_size]
+        out[chunk] = rc.rows(none, targets, chunk)
+    return out
 
 
 def _all_rows(

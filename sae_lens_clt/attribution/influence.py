@@ -1,7 +1,7 @@
 """Influence on the logits: the one implementation, used by ranking and by pruning.
 
-With ``B = |A|`` row-normalised (rows = targets) and ``w`` the logit probabilities on the
-logit nodes, the influence of every node is ``w (B + B² + B³ + …)``. The graph is a DAG,
+With ``B = |A|`` row-normalised (rows = targets) and ``w`` the target weights on the
+logit (target) nodes (tokens' probabilities, or custom targets' weights), the influence of every node is ``w (B + B² + B³ + …)``. The graph is a DAG,
 so the series ends after at most depth + 1 terms; it is summed term by term.
 
 :func:`compute_influence` takes either the whole ``B [N, N]`` or only some of its rows

@@ -4,7 +4,8 @@ Algorithm (graph of ``N`` nodes, adjacency ``A [N, N]``, rows = targets):
 
 1. ``B = |A|`` with each row scaled to sum to 1 (rows without inputs stay zero).
 2. Influence of every node on the logits: ``w (B + B² + B³ + …)`` with ``w`` the logit
-   nodes' probabilities (zero elsewhere), by :mod:`sae_lens_clt.attribution.influence`.
+   nodes' weights (zero elsewhere; a token's probability, or a custom target's weight,
+   :mod:`.targets`), by :mod:`sae_lens_clt.attribution.influence`.
 3. Node pruning: sort feature and error nodes by influence and keep the smallest prefix
    holding ``node_threshold`` of their total influence. Embeddings and logits always stay.
 4. Edge pruning: zero the rows and columns of dropped nodes, recompute ``B`` and the
