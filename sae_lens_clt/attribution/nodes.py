@@ -98,20 +98,22 @@ class GraphData:
                 f"got {tuple(self.active_features.shape)}"
             )
         k = self.n_logits
-        if self.target_positions is None:
-            self.target_positions = torch.full((k,), self.n_pos - 1, dtype=torch.long)
-        if self.target_layers is None:
-            self.target_layers = torch.full((k,), self.n_layers, dtype=torch.long)
-        if self.target_info is None:
+        info = self.target_info
+        if info is None or all(i.get("kind", "token") == "token" for i in info):
+            # token targets (or none named): all derived from logit_token_ids, so a graph
+            # rebuilt with other logits (``GraphData(**{**vars(g), ...})``) stays consistent
             strs = self.metadata.get("logit_token_strings") or []
+            old = {i.get("token"): i.get("token_str") for i in info or []}
+            ids = [int(t) for t in self.logit_token_ids.tolist()]
             self.target_info = [
-                {
-                    "kind": "token",
-                    "token": int(t),
-                    "token_str": strs[i] if i < len(strs) else str(int(t)),
-                }
-                for i, t in enumerate(self.logit_token_ids.tolist())
-            ]
+                {"kind": "token", "token": t,
+                 "token_str": strs[i] if len(strs) == k else old.get(t) or str(t)}
+                for i, t in enumerate(ids)
+            ]  # fmt: skip
+            self.target_positions = torch.full((k,), self.n_pos - 1, dtype=torch.long)
+            self.target_layers = torch.full((k,), self.n_layers, dtype=torch.long)
+        elif self.target_positions is None or self.target_layers is None:
+            raise ValueError("custom targets need target_positions and target_layers too")
         if (
             self.target_positions.shape != (k,)
             or self.target_layers.shape != (k,)
