@@ -115,6 +115,8 @@ def test_string_targets_and_their_errors() -> None:
         resolve_targets(model, "w5")
     with pytest.raises(ValueError, match="neither a token string nor a token id"):
         resolve_targets(model, [1.5])
+    with pytest.raises(ValueError, match="is a LogitDiff, not a token"):
+        resolve_targets(model, [LogitDiff(7, 8)])
     no_tok = random_model()
     with pytest.raises(ValueError, match="no tokenizer"):
         resolve_targets(no_tok, ["w5"])

@@ -165,6 +165,11 @@ def resolve_targets(model: HookedTransformer, targets: Sequence[str | int]) -> t
     for a token named twice."""
     ids: list[int] = []
     for entry in _check_list(targets):
+        if isinstance(entry, LogitDiff | Direction | FeatureTarget):
+            raise ValueError(
+                f"target {entry!r} is a {type(entry).__name__}, not a token: this takes "
+                "token targets only (attribute takes any target)"
+            )
         token = token_id(model, entry.token if isinstance(entry, Token) else entry)
         if token in ids:
             raise ValueError(
@@ -361,7 +366,8 @@ def finish_targets(
         if inf["kind"] == "feature":
             resolved.vectors[i] = encoder_vector(inf["layer"], inf["feature"]).float().cpu()
             pre, act = feature_state(inf["layer"], inf["position"], inf["feature"])
-            inf.update(active=bool(act != 0), pre_activation=float(pre), activation=float(act))
+            act = float(act) + 0.0  # no -0.0
+            inf.update(active=act != 0.0, pre_activation=float(pre), activation=act)
         is_token = inf["kind"] == "token"
         model_probs.append(float(probs[inf["token"]]) if is_token else None)
         if t.weight is not None:
