@@ -276,7 +276,8 @@ class _RowComputer:
             return torch.zeros(0, self.n_cols)
         d_out = self.errors.shape[-1]
         f_layers, f_pos = self.layers[feature_ids], self.positions[feature_ids]
-        # seeds: (row, read, position, vector); a feature at layer l reads clt_in.l
+        # one gradient seed per row: its vector at its read-out and position (a feature at
+        # layer l reads clt_in.l)
         grads: dict[str, torch.Tensor] = {}
 
         def grad_of(read: str) -> torch.Tensor:
@@ -292,8 +293,9 @@ class _RowComputer:
             g = grad_of(f"clt_in.{layer}")
             g[sel, 0, f_pos[sel]] = self.enc_vecs[feature_ids[sel]].to(g.dtype)
         ends, last = [int(f_layers.max())] if n_f else [], [int(f_pos.max())] if n_f else []
+        if n_t and targets is None:
+            raise ValueError("rows: target_ids given without the targets they index")
         for row, k in enumerate(target_ids, start=n_f):
-            assert targets is not None
             g = grad_of(targets.reads[k])
             pos = int(targets.positions[k])
             g[row, 0, pos] = targets.vectors[k].to(device=g.device, dtype=g.dtype)
