@@ -322,3 +322,27 @@ def test_query_api_and_json() -> None:
     written = {(ln["source"], ln["target"]): ln["weight"] for ln in graph_json(graph)["links"]}
     for link in data["links"]:
         assert written[(link["source"], link["target"])] == pytest.approx(link["weight"])
+
+
+def test_attribute_with_head_loadings_fills_edge_heads_and_the_json(tmp_path) -> None:
+    from sae_lens_clt.attribution import LogitDiff
+
+    model, clt, prompt = build("standard")
+    graph = attribute(model, clt, prompt, head_loadings=True)
+    alone = edge_head_loadings(model, clt, attribute(model, clt, prompt))
+    t, s = alone.edges[0].tolist()
+    torch.testing.assert_close(graph.edge_heads(t, s), alone.edge_heads(t, s))
+    data = graph.to_json(tmp_path / "g.json")
+    with_heads = [ln for ln in data["links"] if "heads" in ln]
+    assert with_heads, "no link carries head loadings"
+    for link in with_heads:
+        listed = sum(part for _, _, part in link["heads"])
+        assert listed + link["heads_rest"] == pytest.approx(link["weight"], abs=1e-5)
+    plain = attribute(model, clt, prompt)
+    with pytest.raises(ValueError, match="head_loadings=True"):
+        plain.edge_heads(t, s)
+    dec = model.tokenizer.decode if model.tokenizer is not None else None
+    ids = plain.logit_token_ids[:2].tolist()
+    a, b = (dec([i]) for i in ids) if dec else ids
+    with pytest.raises(ValueError, match="token targets"):
+        attribute(model, clt, prompt, targets=[LogitDiff(a, b)], head_loadings=True)

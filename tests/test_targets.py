@@ -489,3 +489,20 @@ def test_targets_save_load_and_old_files(mixed, tmp_path) -> None:
     assert [i["kind"] for i in old.target_info] == ["token"] * 6
     assert old.node_layer_pos(old.logit_offset + 2) == (graph.n_layers, graph.n_pos - 1)
     assert torch.equal(old.adjacency, graph.adjacency)
+
+
+def test_tools_that_read_logits_refuse_other_targets(mixed) -> None:
+    """Faithfulness, supernode validation and aggregation compare or align token logits:
+    a graph with other targets is refused in one clear line, not misread."""
+    from sae_lens_clt.circuits import aggregate_graphs, validate_supernode
+    from sae_lens_clt.circuits.supernodes import Supernode
+
+    model, clt, prompt, _, graph = mixed
+    with pytest.raises(ValueError, match="non-token targets"):
+        graph.faithfulness(model, clt)
+    layer, _, feat = graph.active_features[0].tolist()
+    with pytest.raises(ValueError, match="non-token targets"):
+        validate_supernode(model, clt, prompt, graph, Supernode("s", [(layer, feat)], "group"))
+    roles = [[f"p{i}" for i in range(graph.n_pos)]]
+    with pytest.raises(ValueError, match="non-token targets"):
+        aggregate_graphs([graph], roles)

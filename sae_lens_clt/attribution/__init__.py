@@ -27,11 +27,19 @@ from sae_lens_clt.attribution.attribute import attribute, to_tokens
 from sae_lens_clt.attribution.faithfulness import FaithfulnessReport, faithfulness
 from sae_lens_clt.attribution.generate import GenerationResult, generate
 from sae_lens_clt.attribution.graph import AttributionGraph
+from sae_lens_clt.attribution.heads import HeadLoadings, edge_head_loadings
 from sae_lens_clt.attribution.intervene import InterventionResult, intervene
 from sae_lens_clt.attribution.prune import GraphScores, PruneResult
+from sae_lens_clt.attribution.targets import Direction, FeatureTarget, LogitDiff, Token
 
 __all__ = [
     "AttributionGraph",
+    "Direction",
+    "FeatureTarget",
+    "HeadLoadings",
+    "LogitDiff",
+    "Token",
+    "edge_head_loadings",
     "FaithfulnessReport",
     "GenerationResult",
     "GraphScores",

@@ -426,6 +426,7 @@ def attribute(
     batch_size: int = 128,
     update_interval: int = 4,
     targets: Sequence[TargetLike] | None = None,
+    head_loadings: bool = False,
     verbose: bool = False,
 ) -> AttributionGraph:
     """Attribution graph of ``prompt`` over the CLT local replacement model.
@@ -456,6 +457,9 @@ def attribute(
             other kinds, renormalised to sum 1 when they sum to less than ``1e-6`` (same
             ratios, so the same graph analysis); the model's own probabilities of token
             targets are in ``metadata["target_probabilities"]`` (``None`` for the others).
+        head_loadings: also split every kept cross-position edge by the attention head that
+            carries it into the target's position (``graph.edge_heads``, the JSON's links;
+            :mod:`sae_lens_clt.attribution.heads`); token targets only.
         verbose: print timings.
 
     Returns:
@@ -517,6 +521,15 @@ def attribute(
         target_layers=resolved.layers.clone(),
         target_info=resolved.info,
     )
+    if head_loadings:  # post hoc: split cross-position edges by head (heads.py)
+        if not graph.only_logit_targets:
+            raise ValueError(
+                "head_loadings needs token targets (logits): drop head_loadings or the "
+                "LogitDiff / Direction / FeatureTarget targets"
+            )
+        from sae_lens_clt.attribution.heads import edge_head_loadings  # heads imports us
+
+        graph.head_loadings = edge_head_loadings(model, clt, graph, batch_size=batch_size)
     if verbose:
         print(
             f"attribute: {T} tokens, {rc.n_features} active features "

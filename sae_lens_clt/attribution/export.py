@@ -8,7 +8,8 @@ Algorithm:
    ``influence`` being its cumulative-influence rank score as circuit-tracer writes it; a
    graph aggregated over prompts (a ``node_share``) adds ``prompt_share`` to each node and
    "(in N% of prompts)" to each feature's ``clerp``.
-2. Links are the kept edges ``{source, target, weight}`` with ``weight = A[target, source]``;
+2. Links are the kept edges ``{source, target, weight}`` with ``weight = A[target, source]``
+   (with head loadings, also ``heads: [[layer, head, part], ...]`` and ``heads_rest``);
    nodes without links are dropped, embeddings and logits always stay.
 3. Validate against :data:`GRAPH_JSON_SCHEMA` (with ``jsonschema`` when installed, else a
    small checker) plus the checks a schema cannot express (unique ids, links to known
@@ -259,6 +260,10 @@ def graph_json(
         for t, s, w in zip(targets.tolist(), sources.tolist(), weights, strict=True)
         if s in nodes and t in nodes
     ]
+    if getattr(graph, "head_loadings", None) is not None:  # [[layer, head, part], ...]
+        by_link = graph.head_loadings.link_heads(top_k=5)
+        for link in links:
+            link.update(by_link.get((link["source"], link["target"]), {}))
     linked = {link["source"] for link in links} | {link["target"] for link in links}
     kept = [
         n

@@ -320,6 +320,11 @@ def faithfulness(
     Returns:
         A :class:`FaithfulnessReport` (``print`` it; ``to_dict()`` for JSON).
     """
+    if not graph.only_logit_targets:
+        raise ValueError(
+            "faithfulness compares logit effects: this graph has non-token targets "
+            "(logit differences, directions or features); trace it with token targets"
+        )
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if scale is not None and value != 0.0:

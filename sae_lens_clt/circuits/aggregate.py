@@ -319,6 +319,11 @@ class _FirstGraph:
     clt: Any
 
     def check(self, g: GraphData, i: int) -> None:
+        if not g.only_logit_targets:
+            raise ValueError(
+                f"graph {i} has non-token targets (logit differences, directions or features): "
+                "aggregate_graphs aligns token targets only; trace with targets=[token]"
+            )
         if g.n_layers != self.n_layers:
             raise ValueError(f"graph {i} has {g.n_layers} layers, graph 0 has {self.n_layers}")
         if g.n_logits != self.n_logits:

@@ -157,6 +157,11 @@ def validate_supernode(
     position: int = -1,
 ) -> SupernodeCheck:
     """Step 3: ablate the supernode's members at ``position``; prediction vs measurements."""
+    if not graph.only_logit_targets:
+        raise ValueError(
+            "validate_supernode compares logit effects: this graph has non-token targets; "
+            "trace it with token targets"
+        )
     nodes = member_nodes(graph, supernode, position)
     ids = graph.logit_token_ids
     tokens = graph.metadata.get("logit_token_strings") or [str(int(t)) for t in ids]
