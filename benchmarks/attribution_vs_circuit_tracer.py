@@ -13,8 +13,9 @@ Steps:
    would.
 2. Each (tool, prompt length, ``max_feature_nodes``) runs in a fresh subprocess, ours and
    theirs alternating: build, warm up on 4 tokens, then time one ``attribute`` call on a
-   random prompt (BOS + random ids) and read the peak RSS of the process (``ru_maxrss``)
-   and the RSS before the call. Both use batch size 128 by default.
+   random prompt (BOS + random ids) and read the peak RSS of the process (``ru_maxrss``:
+   the model, one CLT and the attribution) and the RSS before the call. Both use batch size
+   128 by default.
 3. Ours also: the FLOPs the call executes (``torch.utils.flop_counter.FlopCounterMode``, a
    second call) and this process' dense-matmul rate (a ``[4096, 768] @ [768, 4096]`` GEMM,
    best of 5), so ``matmul-bound share = FLOPs / rate / our time``.
@@ -52,8 +53,10 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build(active: float, seed: int = 0):
-    """Step 1: ``(model, clt)``, identical in every process."""
+def build(active: float, seed: int = 0, with_clt: bool = True):
+    """Step 1: ``(model, clt)``, identical in every process (``with_clt=False``: the model
+    only, ``clt`` None — circuit-tracer's side, which loads the CLT from its files, so its
+    peak memory holds one CLT, as ours does)."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from sae_lens_clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
@@ -69,6 +72,8 @@ def build(active: float, seed: int = 0):
         for name, p in model.named_parameters():
             if "ln" in name and name.endswith(".w"):
                 p.copy_(0.6 + 0.8 * torch.rand(p.shape, generator=gen))
+        if not with_clt:
+            return model, None
         ccfg = CrossLayerTranscoderConfig(n_layers=N_LAYERS, d_in=D_MODEL, d_sae=D_SAE)
         clt = CrossLayerTranscoder(ccfg)
         clt.W_enc.copy_(torch.randn(clt.W_enc.shape, generator=gen))
@@ -118,7 +123,7 @@ def matmul_rate() -> float:
 def worker(conf: dict) -> dict:
     """Step 2 (and 3 for ours), in a fresh process."""
     torch.set_num_threads(conf["threads"])
-    model, clt = build(conf["active"])
+    model, clt = build(conf["active"], with_clt=conf["tool"] == "ours")
     tokens = prompt_tokens(conf["n_tokens"])
     mfn = conf["max_feature_nodes"]
     if conf["tool"] == "ours":
@@ -149,7 +154,7 @@ def worker(conf: dict) -> dict:
             for k, v in model.state_dict().items()
         }
         rm.load_state_dict(renamed, strict=False)
-        del model, clt
+        del model
 
         def run(toks):
             return ct_attribute(
