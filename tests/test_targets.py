@@ -506,3 +506,34 @@ def test_tools_that_read_logits_refuse_other_targets(mixed) -> None:
     roles = [[f"p{i}" for i in range(graph.n_pos)]]
     with pytest.raises(ValueError, match="non-token targets"):
         aggregate_graphs([graph], roles)
+
+
+def test_cli_targets_and_head_loadings(tmp_path, monkeypatch, capsys) -> None:
+    """``sae-lens-clt attribute --target/--logit-diff/--feature-target/--head-loadings``."""
+    import argparse
+    import json
+
+    from sae_lens_clt.cli import attribute as cli
+    from sae_lens_clt.cli import main
+
+    model = random_model(tokenizer=True)
+    monkeypatch.setattr(cli, "load_model_by_name", lambda name, device: model)
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    base = ["attribute", "--clt", "random", "--prompt", "w1 w2 w3 w4 w5 w6 w7", "--d-sae", "64"]
+    args = parser.parse_args(
+        [*base, "--out", str(tmp_path / "t"), "--target", "w5", "--logit-diff", "w5", "w9",
+         "--feature-target", "2:-1:3"]
+    )  # fmt: skip
+    assert args.func(args) == 0
+    assert "targets (influence weight):" in capsys.readouterr().out
+    graph = AttributionGraph.load(tmp_path / "t" / "graph.safetensors")
+    assert [i["kind"] for i in graph.target_info] == ["token", "logit_diff", "feature"]
+    args = parser.parse_args([*base, "--out", str(tmp_path / "h"), "--head-loadings"])
+    assert args.func(args) == 0
+    links = json.loads((tmp_path / "h" / "graph.json").read_text())["links"]
+    assert any("heads" in link for link in links)
+    status = main([*base[:1], "--prompt", "hi", "--out", str(tmp_path / "e"),
+                   "--feature-target", "3:x:1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and "LAYER:POS:FEATURE" in err and len(err.strip().splitlines()) == 1

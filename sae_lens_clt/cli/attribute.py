@@ -10,7 +10,11 @@ Steps:
    ``graph-metadata.json`` for circuit-tracer's server) and ``graph.png`` into ``--out``,
    with the feature labels cached next to a named CLT when there are any.
 3. Print the top logits, node counts, scores and timings.
-4. With ``--faithfulness [K]``: ablate the graph's ``K`` (default 20) most influential
+4. Targets: by default the most probable next tokens; ``--target TOKEN`` (repeatable),
+   ``--logit-diff A B`` and ``--feature-target LAYER:POS:FEATURE`` (active or not) name
+   them instead (:mod:`sae_lens_clt.attribution.targets`); ``--head-loadings`` splits the
+   cross-position edges by head (the JSON's links carry them).
+5. With ``--faithfulness [K]``: ablate the graph's ``K`` (default 20) most influential
    features one at a time in the frozen replacement model and in the real model, print how
    the graph's predicted logit effects agree with the measured ones
    (:mod:`sae_lens_clt.attribution.faithfulness`) and write ``<slug>-faithfulness.json``.
@@ -66,6 +70,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="also ablate the K (default 20) most influential features in the replacement "
         "and the real model and compare with the graph's predicted effects",
     )
+    p.add_argument(
+        "--target", action="append", default=[], metavar="TOKEN",
+        help="explain this next token's logit (exactly one token, e.g. ' Austin'; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--logit-diff", action="append", nargs=2, default=[], metavar=("A", "B"),
+        help="explain the logit difference A - B of two tokens (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--feature-target", action="append", default=[], metavar="LAYER:POS:FEATURE",
+        help="explain a feature's pre-activation, active or not (negative POS counts from "
+        "the end; repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--head-loadings", action="store_true",
+        help="split every cross-position edge by the attention head that carries it",
+    )  # fmt: skip
     p.add_argument("--d-sae", type=int, default=512, help="features per layer for --clt random")
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -197,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         desired_logit_prob=args.desired_logit_prob,
         max_feature_nodes=args.max_feature_nodes,
         batch_size=args.batch_size,
+        targets=cli_targets(args),
+        head_loadings=args.head_loadings,
     )
     out.mkdir(parents=True, exist_ok=True)
     pruned = graph.prune(args.node_threshold, args.edge_threshold)
@@ -213,11 +236,12 @@ def run(args: argparse.Namespace) -> int:
     scores = graph.scores()
 
     print(f"prompt: {args.prompt!r} ({graph.n_pos} tokens with BOS)")
-    print("top logits:")
+    named = cli_targets(args) is not None
+    print("targets (influence weight):" if named else "top logits:")
     for tok, prob in zip(
         graph.metadata["logit_token_strings"], graph.logit_probabilities.tolist(), strict=True
     ):
-        print(f"  {tok!r:>16}  p={prob:.3f}")
+        print(f"  {tok!r:>16}  {'w' if named else 'p'}={prob:.3f}")
     n_kept = int(pruned.node_mask[: graph.n_features].sum())
     print(
         f"graph: {graph.metadata['n_active_features']} active features, {graph.n_features} "
@@ -232,6 +256,25 @@ def run(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def cli_targets(args: argparse.Namespace) -> list | None:
+    """Step 4: the ``--target`` / ``--logit-diff`` / ``--feature-target`` targets, in that
+    order (None: the top logits)."""
+    from sae_lens_clt.attribution.targets import FeatureTarget, LogitDiff
+    from sae_lens_clt.cli.errors import UsageError
+
+    out: list = list(args.target)
+    out += [LogitDiff(a, b) for a, b in args.logit_diff]
+    for spec in args.feature_target:
+        try:
+            layer, pos, feat = (int(x) for x in spec.split(":"))
+        except ValueError:
+            raise UsageError(
+                f"--feature-target {spec!r}: give LAYER:POS:FEATURE as three integers, e.g. 3:-1:10"
+            ) from None
+        out.append(FeatureTarget(layer, pos, feat))
+    return out or None
 
 
 def write_faithfulness(
