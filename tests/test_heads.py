@@ -21,6 +21,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from sae_lens_clt import CrossLayerTranscoder, CrossLayerTranscoderConfig
 from sae_lens_clt.attribution import attribute, to_tokens
 from sae_lens_clt.attribution import heads as heads_mod
+from sae_lens_clt.attribution.export import node_index
 from sae_lens_clt.attribution.heads import HeadLoadings, default_edges, edge_head_loadings
 from tests.test_attribution import (
     clean_reference,
@@ -330,11 +331,19 @@ def test_attribute_with_head_loadings_fills_edge_heads_and_the_json(tmp_path) ->
     model, clt, prompt = build("standard")
     graph = attribute(model, clt, prompt, head_loadings=True)
     alone = edge_head_loadings(model, clt, attribute(model, clt, prompt))
+    assert torch.equal(graph.head_loadings.edges, alone.edges)
+    for t, s in alone.edges.tolist():
+        torch.testing.assert_close(graph.edge_heads(t, s), alone.edge_heads(t, s))
     t, s = alone.edges[0].tolist()
-    torch.testing.assert_close(graph.edge_heads(t, s), alone.edge_heads(t, s))
     data = graph.to_json(tmp_path / "g.json")
     with_heads = [ln for ln in data["links"] if "heads" in ln]
-    assert with_heads, "no link carries head loadings"
+    cross = [  # every cross-position link of the default pruning carries its heads
+        ln for ln in data["links"]
+        if graph.node_layer_pos(node_index(graph, ln["source"]))[1]
+        < graph.node_layer_pos(node_index(graph, ln["target"]))[1]
+        and graph.node_kind(node_index(graph, ln["source"])) != "logit"
+    ]  # fmt: skip
+    assert with_heads and len(with_heads) == len(cross)
     for link in with_heads:
         listed = sum(part for _, _, part in link["heads"])
         assert listed + link["heads_rest"] == pytest.approx(link["weight"], abs=1e-5)

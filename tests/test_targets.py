@@ -506,6 +506,10 @@ def test_tools_that_read_logits_refuse_other_targets(mixed) -> None:
     roles = [[f"p{i}" for i in range(graph.n_pos)]]
     with pytest.raises(ValueError, match="non-token targets"):
         aggregate_graphs([graph], roles)
+    from sae_lens_clt.attribution.heads import edge_head_loadings
+
+    with pytest.raises(ValueError, match="token targets"):
+        edge_head_loadings(model, clt, graph)
 
 
 def test_cli_targets_and_head_loadings(tmp_path, monkeypatch, capsys) -> None:

@@ -2,7 +2,7 @@
 
 Algorithm (one prompt of ``T`` tokens, ``L`` layers; docs/design.md §3):
 
-1. **One forward pass** of the model with hooks that (a) detach every attention pattern
+1. **One forward pass** (:mod:`.forward`) of the model with hooks that (a) detach every attention pattern
    (``hook_pattern``) and every norm scale (``hook_scale`` of ln1 / ln2 / ln_final), so
    gradients see them as constants; (b) replace each MLP output (the CLT's output hook) by
    a fresh leaf tensor with the same value, so no gradient flows through the MLP; a CLT
@@ -44,15 +44,20 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; docs/design.md §3):
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer
 
+from sae_lens_clt.attribution.forward import (  # noqa: F401  (re-exported)
+    RESID_HOOK,
+    FrozenForward,
+    frozen_forward,
+    select_logits,
+    unembed_input_hook,
+)
 from sae_lens_clt.attribution.graph import AttributionGraph
 from sae_lens_clt.attribution.influence import influence_from_rows
 from sae_lens_clt.attribution.inputs import (  # noqa: F401  (re-exported)
@@ -76,119 +81,6 @@ from sae_lens_clt.attribution.targets import (  # noqa: F401  (re-exported)
     target_label,
 )
 from sae_lens_clt.registry import Transcoder
-
-
-def unembed_input_hook(model: HookedTransformer) -> str:
-    """Name of the hook whose output the unembedding reads."""
-    if "unembed.hook_in" in model.hook_dict:
-        return "unembed.hook_in"
-    if "ln_final.hook_normalized" in model.hook_dict:
-        return "ln_final.hook_normalized"
-    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-
-
-def select_logits(
-    last_logits: torch.Tensor, max_n_logits: int, desired_logit_prob: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Most probable tokens until their total reaches ``desired_logit_prob`` (at most
-    ``max_n_logits``): ``(token_ids [k], probabilities [k])`` from ``last_logits [V]``."""
-    probs = torch.softmax(last_logits.float(), dim=-1)
-    top_p, top_ids = probs.topk(min(max_n_logits, probs.numel()))
-    k = int(torch.searchsorted(top_p.cumsum(0), torch.tensor(desired_logit_prob))) + 1
-    k = min(k, top_ids.numel())
-    return top_ids[:k], top_p[:k]
-
-
-# ---------------------------------------------------------------------- step 1
-@dataclass
-class FrozenForward:
-    """The retained autograd graph of one frozen forward pass (batch of 1).
-
-    Tensors with a leading ``1`` are graph nodes; the rest are detached values.
-    """
-
-    tokens: torch.Tensor  # [T]
-    logits: torch.Tensor  # [T, d_vocab], detached
-    clt_inputs: list[torch.Tensor]  # L x [1, T, d_in], graph outputs (feature targets)
-    unembed_input: torch.Tensor  # [1, T, d_model], graph output (logit targets)
-    mlp_out_leaves: list[torch.Tensor]  # L x [1, T, d_out], graph inputs
-    embed_leaf: torch.Tensor  # [1, T, d_model]
-    pos_leaf: torch.Tensor | None  # [1, T, d_model] when the model adds learned positions
-    x: torch.Tensor  # [T, L, d_in] CLT inputs, detached
-    y: torch.Tensor  # [T, L, d_out] true MLP outputs, detached
-    resid_post: dict[int, torch.Tensor] = field(default_factory=dict)  # l -> [1, T, d_model]
-
-
-RESID_HOOK = "blocks.{layer}.hook_resid_post"  # where a Direction target at layer l reads
-
-
-def frozen_forward(
-    model: HookedTransformer,
-    clt: Transcoder,
-    tokens: torch.Tensor,
-    resid_layers: Sequence[int] = (),
-) -> FrozenForward:
-    """Run the model once with the freezes of step 1 and keep the graph (and the residual
-    stream after the layers ``resid_layers``, graph outputs for direction targets)."""
-    L = clt.cfg.n_layers
-    store: dict[str, torch.Tensor] = {}
-
-    def detach(act: torch.Tensor, hook: Any) -> torch.Tensor:
-        return act.detach()
-
-    # hooks store under the name asked for (a TransformerBridge alias such as hook_embed
-    # reaches the hook under its own name, embed.hook_out)
-    def keep(act: torch.Tensor, hook: Any, name: str) -> torch.Tensor:
-        store[name] = act
-        return act
-
-    def leaf(act: torch.Tensor, hook: Any, name: str) -> torch.Tensor:
-        store[name] = act.detach().requires_grad_(True)
-        return store[name]
-
-    def mlp_out(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
-        out = act.detach().requires_grad_(True)
-        store[f"leaf_{layer}"] = out
-        skip = clt.skip(store[clt.cfg.hook_in(layer)], layer)
-        if skip is not None:  # a linear skip path: value 0, the gradient of x W_skip
-            return out + (skip - skip.detach()).to(out.dtype)
-        return out
-
-    pos_type = getattr(model.cfg, "positional_embedding_type", "standard")
-    learned_pos = pos_type in ("standard", "shortformer")
-    hooks: list[tuple[str, Any]] = [
-        (name, detach)
-        for name in model.hook_dict
-        if name.endswith(".hook_scale") or name.endswith(".hook_pattern")
-    ]
-    hooks.append(("hook_embed", functools.partial(leaf, name="hook_embed")))
-    if learned_pos:  # (a rotary TransformerBridge names its rotary tables hook_pos_embed)
-        hooks.append(("hook_pos_embed", functools.partial(leaf, name="hook_pos_embed")))
-    for layer in range(L):
-        hooks.append((clt.cfg.hook_in(layer), functools.partial(keep, name=clt.cfg.hook_in(layer))))
-        hooks.append((clt.cfg.hook_out(layer), functools.partial(mlp_out, layer=layer)))
-    unembed_hook = unembed_input_hook(model)
-    hooks.append((unembed_hook, functools.partial(keep, name=unembed_hook)))
-    resid_names = {layer: RESID_HOOK.format(layer=layer) for layer in sorted(set(resid_layers))}
-    for name in resid_names.values():
-        hooks.append((name, functools.partial(keep, name=name)))
-    hooks = [(n, f) for n, f in hooks if n in model.hook_dict]
-    with torch.enable_grad():
-        logits = model.run_with_hooks(tokens[None].to(model.cfg.device), fwd_hooks=hooks)
-    clt_inputs = [store[clt.cfg.hook_in(layer)] for layer in range(L)]
-    leaves = [store[f"leaf_{layer}"] for layer in range(L)]
-    return FrozenForward(
-        tokens=tokens,
-        logits=logits[0].detach(),
-        clt_inputs=clt_inputs,
-        unembed_input=store[unembed_hook],
-        mlp_out_leaves=leaves,
-        embed_leaf=store["hook_embed"],
-        pos_leaf=store.get("hook_pos_embed") if learned_pos else None,
-        x=torch.stack([a[0].detach() for a in clt_inputs], dim=1),
-        y=torch.stack([a[0].detach() for a in leaves], dim=1),
-        resid_post={layer: store[name] for layer, name in resid_names.items()},
-    )
 
 
 # ---------------------------------------------------------------------- steps 2-4
@@ -457,9 +349,11 @@ def attribute(
             other kinds, renormalised to sum 1 when they sum to less than ``1e-6`` (same
             ratios, so the same graph analysis); the model's own probabilities of token
             targets are in ``metadata["target_probabilities"]`` (``None`` for the others).
-        head_loadings: also split every kept cross-position edge by the attention head that
-            carries it into the target's position (``graph.edge_heads``, the JSON's links;
-            :mod:`sae_lens_clt.attribution.heads`); token targets only.
+        head_loadings: also split every cross-position edge kept by the default pruning
+            (0.8 / 0.98) by the attention head through which it enters the target's position
+            (``graph.edge_heads``, the JSON's links; :mod:`sae_lens_clt.attribution.heads`;
+            other thresholds: ``heads.edge_head_loadings(..., node_threshold=...)``); token
+            targets only; not saved with the graph.
         verbose: print timings.
 
     Returns:
@@ -478,6 +372,11 @@ def attribute(
         entries, resolved = resolve_targets_full(
             model, targets, T, L, clt.cfg.d_sae, resid_hook=RESID_HOOK
         )
+        if head_loadings and not resolved.only_tokens:
+            raise ValueError(
+                "head_loadings needs token targets (logits): drop head_loadings or the "
+                "LogitDiff / Direction / FeatureTarget targets"
+            )
     settings["targets"] = None if entries is None else [target_json(t) for t in entries]
     resid_layers = [] if resolved is None else [
         int(r.split(".")[1]) for r in resolved.reads if r.startswith("resid_post.")
@@ -522,12 +421,7 @@ def attribute(
         target_info=resolved.info,
     )
     if head_loadings:  # post hoc: split cross-position edges by head (heads.py)
-        if not graph.only_logit_targets:
-            raise ValueError(
-                "head_loadings needs token targets (logits): drop head_loadings or the "
-                "LogitDiff / Direction / FeatureTarget targets"
-            )
-        from sae_lens_clt.attribution.heads import edge_head_loadings  # heads imports us
+        from sae_lens_clt.attribution.heads import edge_head_loadings
 
         graph.head_loadings = edge_head_loadings(model, clt, graph, batch_size=batch_size)
     if verbose:

@@ -123,6 +123,22 @@ def cantor_pairing(x: int, y: int) -> int:
     return (x + y) * (x + y + 1) // 2 + y
 
 
+def node_id(graph: GraphData, index: int) -> str:
+    """The graph-JSON ``node_id`` of node ``index`` (what :func:`graph_json` writes)."""
+    kind = graph.node_kind(index)
+    if kind == "feature":
+        layer, pos, feat = (int(v) for v in graph.active_features[index])
+        return f"{layer}_{feat}_{pos}"
+    if kind == "error":
+        layer, pos = graph.node_layer_pos(index)
+        return f"{layer}_-1_{pos}"
+    if kind == "embedding":
+        pos = index - graph.embedding_offset
+        return f"E_{int(graph.input_tokens[pos])}_{pos}"
+    _, pos = graph.node_layer_pos(index)
+    return f"{graph.n_layers + 1}_{int(graph.logit_token_ids[index - graph.logit_offset])}_{pos}"
+
+
 def node_index(graph: GraphData, node: int | str | tuple[int, int, int]) -> int:
     """The node-table index of ``node``: an index, a graph-JSON ``node_id`` (``"0_253_8"``
     feature, ``"0_-1_8"`` error, ``"E_791_8"`` embedding, ``"5_4001_8"`` logit or target) or a
@@ -212,7 +228,7 @@ def graph_json(
         if kind == "feature":
             layer, pos, feat = (int(v) for v in graph.active_features[i])
             nodes[i] = _node(
-                node_id=f"{layer}_{feat}_{pos}", feature=cantor_pairing(layer, feat),
+                node_id=node_id(graph, i), feature=cantor_pairing(layer, feat),
                 layer=str(layer), ctx_idx=pos, feature_type=FEATURE_TYPES[0],
                 jsNodeId=f"{layer}_{feat}-0", clerp=labels.get((layer, feat), ""),
                 influence=infl, activation=_num(graph.activation_values[i]),
@@ -220,13 +236,13 @@ def graph_json(
         elif kind == "error":
             layer, pos = graph.node_layer_pos(i)
             nodes[i] = _node(
-                node_id=f"{layer}_-1_{pos}", feature=-1, layer=str(layer), ctx_idx=pos,
+                node_id=node_id(graph, i), feature=-1, layer=str(layer), ctx_idx=pos,
                 feature_type=FEATURE_TYPES[1], jsNodeId=f"{layer}_-1_{pos}-0", influence=infl,
             )  # fmt: skip
         elif kind == "embedding":
             pos = i - graph.embedding_offset
             nodes[i] = _node(
-                node_id=f"E_{tokens[pos]}_{pos}", feature=pos, layer="E", ctx_idx=pos,
+                node_id=node_id(graph, i), feature=pos, layer="E", ctx_idx=pos,
                 feature_type=FEATURE_TYPES[2], jsNodeId=f"E_{tokens[pos]}-{pos}",
                 influence=infl,
             )  # fmt: skip
@@ -239,7 +255,7 @@ def graph_json(
             else:
                 clerp = f"{_token_text(graph.target_label(k))} (w={prob:.3f})"
             nodes[i] = _node(
-                node_id=f"{L + 1}_{tok}_{pos}", feature=tok, layer=str(L + 1),
+                node_id=node_id(graph, i), feature=tok, layer=str(L + 1),
                 ctx_idx=pos, feature_type=FEATURE_TYPES[3], jsNodeId=f"L_{tok}-{pos}",
                 clerp=clerp, token_prob=prob, is_target_logit=k == 0, influence=infl,
             )  # fmt: skip

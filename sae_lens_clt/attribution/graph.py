@@ -8,6 +8,7 @@ table, adjacency, save / load) with methods that prune it and score it
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,13 @@ if TYPE_CHECKING:
     from sae_lens_clt.registry import Transcoder
 
 
+@dataclass(repr=False)  # keeps GraphData.__repr__
 class AttributionGraph(GraphData):
     """Direct-effect graph of one prompt over a CLT replacement model (see ``GraphData``)."""
 
     # a heads.HeadLoadings when built with attribute(..., head_loadings=True); not saved
     # with the graph (recompute with heads.edge_head_loadings after load)
-    head_loadings: Any = None
+    head_loadings: Any = field(default=None, repr=False, compare=False)
 
     def edge_heads(self, target: Any, source: Any) -> Any:
         """``[n_layers, n_heads]``: the edge ``target <- source`` split by the attention head

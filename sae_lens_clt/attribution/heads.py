@@ -51,7 +51,9 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
-from sae_lens_clt.attribution.attribute import check_compatible, frozen_forward
+from sae_lens_clt.attribution.export import node_id, node_index
+from sae_lens_clt.attribution.forward import frozen_forward
+from sae_lens_clt.attribution.inputs import check_compatible
 from sae_lens_clt.attribution.nodes import GraphData
 from sae_lens_clt.attribution.prune import prune_graph
 from sae_lens_clt.registry import Transcoder
@@ -65,29 +67,11 @@ def offdiagonal_mask(n_pos: int, device: Any = None) -> torch.Tensor:
     return torch.ones(n_pos, n_pos, device=device).tril(-1)
 
 
-def node_id(graph: GraphData, index: int) -> str:
-    """The graph-JSON ``node_id`` of node ``index`` (the format ``export.py`` writes)."""
-    kind = graph.node_kind(index)
-    if kind == "feature":
-        layer, pos, feat = (int(v) for v in graph.active_features[index])
-        return f"{layer}_{feat}_{pos}"
-    if kind == "error":
-        layer, pos = graph.node_layer_pos(index)
-        return f"{layer}_-1_{pos}"
-    if kind == "embedding":
-        pos = index - graph.embedding_offset
-        return f"E_{int(graph.input_tokens[pos])}_{pos}"
-    tok = int(graph.logit_token_ids[index - graph.logit_offset])
-    return f"{graph.n_layers + 1}_{tok}_{graph.n_pos - 1}"
-
-
 def _index(graph: GraphData, node: Node) -> int:
     if isinstance(node, int) and not isinstance(node, bool):
         if not 0 <= node < graph.n_nodes:
             raise ValueError(f"node index {node} is outside the graph's {graph.n_nodes} nodes")
         return node
-    from sae_lens_clt.attribution.export import node_index
-
     return node_index(graph, node)
 
 
@@ -433,6 +417,11 @@ def edge_head_loadings(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not graph.only_logit_targets:
+        raise ValueError(
+            "head loadings need token targets (logits): this graph has logit differences, "
+            "directions or feature targets — trace it with token targets"
+        )
     check_compatible(model, clt, "head loadings")
     if edges is None:
         pairs = default_edges(

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
+from sae_lens_clt.attribution.export import node_id
 from sae_lens_clt.attribution.faithfulness import demeaned_targets
 from sae_lens_clt.attribution.intervene import intervene
 from sae_lens_clt.attribution.nodes import GraphData
@@ -194,12 +195,6 @@ def validate_supernode(
 
 
 # ---------------------------------------------------------------------- step 4
-def node_id(graph: GraphData, index: int) -> str:
-    """The graph-JSON ``node_id`` of a feature node (``"{layer}_{feature}_{pos}"``)."""
-    layer, pos, feat = (int(v) for v in graph.active_features[index])
-    return f"{layer}_{feat}_{pos}"
-
-
 def supernode_json(
     graph: GraphData,
     supernodes: Sequence[Supernode],

@@ -193,6 +193,13 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     if not args.prompt.strip():
         raise UsageError("--prompt is empty — give the text to trace")
+    if (args.head_loadings or args.faithfulness is not None) and (
+        args.logit_diff or args.feature_target
+    ):
+        raise UsageError(
+            "--head-loadings and --faithfulness read token logits: drop them or the "
+            "--logit-diff / --feature-target targets"
+        )
     if args.faithfulness is not None and args.faithfulness < 1:
         raise UsageError(
             f"--faithfulness {args.faithfulness}: K must be >= 1 — the number of top features "
@@ -219,8 +226,14 @@ def run(args: argparse.Namespace) -> int:
         max_feature_nodes=args.max_feature_nodes,
         batch_size=args.batch_size,
         targets=cli_targets(args),
-        head_loadings=args.head_loadings,
     )
+    if args.head_loadings:  # the edges this command's pruning keeps
+        from sae_lens_clt.attribution.heads import edge_head_loadings
+
+        graph.head_loadings = edge_head_loadings(
+            model, clt, graph, batch_size=args.batch_size, node_threshold=args.node_threshold,
+            edge_threshold=args.edge_threshold,
+        )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     pruned = graph.prune(args.node_threshold, args.edge_threshold)
     graph.save(out / f"{args.slug}.safetensors")
