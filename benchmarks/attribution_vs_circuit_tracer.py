@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.test_architectures
+
 N_LAYERS, D_MODEL, N_HEADS, D_MLP, VOCAB, D_SAE = 12, 768, 12, 3072, 50257, 4096
 
 
@@ -132,28 +134,12 @@ def worker(conf: dict) -> dict:
         def run(toks):
             return attribute(model, clt, toks, max_feature_nodes=mfn, batch_size=conf["batch"])
     else:
-        import yaml
         from circuit_tracer import attribute as ct_attribute
-        from circuit_tracer.replacement_model.replacement_model_transformerlens import (
-            TransformerLensReplacementModel,
-        )
-        from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
 
-        folder = Path(conf["ct_folder"])
-        config = yaml.safe_load((folder / "config.yaml").read_text())
-        ct_clt = load_clt(
-            str(folder), feature_input_hook=config["feature_input_hook"],
-            feature_output_hook=config["feature_output_hook"], dtype=torch.float32,
-            device=torch.device("cpu"), lazy_decoder=False,
-        )  # fmt: skip
-        rm = TransformerLensReplacementModel.from_config(
-            model.cfg, ct_clt, tokenizer=word_tokenizer()
-        )
-        renamed = {
-            k.replace(".mlp.", ".mlp.old_mlp.").replace("unembed.", "unembed.old_unembed."): v
-            for k, v in model.state_dict().items()
-        }
-        rm.load_state_dict(renamed, strict=False)
+        from tests.test_architectures import circuit_tracer_model
+
+        model.tokenizer = word_tokenizer()  # circuit-tracer reads its special ids
+        rm = circuit_tracer_model(model, Path(conf["ct_folder"]))  # its own load_clt
         del model
 
         def run(toks):
@@ -208,7 +194,6 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp()) / "clt"
     _, clt = build(args.active)

@@ -30,21 +30,10 @@ from tests.test_attribution import (
     random_model,
     source_injections,
 )
-from tests.test_supernodes import setup
+from tests.test_supernodes import odd_norms, setup
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 2e-5  # float32 error allowed, relative to the largest edge of the graph
-
-
-def _odd_norms(model: HookedTransformer, seed: int) -> HookedTransformer:
-    gen = torch.Generator().manual_seed(seed + 7)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".ln" in name and name.endswith(".w"):
-                p.copy_(torch.rand(p.shape, generator=gen) * 1.5 + 0.25)
-            elif ".ln" in name and name.endswith(".b"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model
 
 
 def build(name: str) -> tuple[HookedTransformer, CrossLayerTranscoder, torch.Tensor]:
@@ -52,7 +41,7 @@ def build(name: str) -> tuple[HookedTransformer, CrossLayerTranscoder, torch.Ten
     if name == "standard":
         model, clt = setup()
     elif name == "rotary":
-        model = _odd_norms(random_model(pos="rotary", n_layers=3, d_model=32, seed=1), 1)
+        model = odd_norms(random_model(pos="rotary", n_layers=3, d_model=32, seed=1), 1)
         clt = random_clt(model, d_sae=48, active_frac=0.08, seed=1)
     else:  # grouped-query attention: 4 query heads sharing 2 value heads, rotary
         cfg = HookedTransformerConfig(
@@ -60,7 +49,7 @@ def build(name: str) -> tuple[HookedTransformer, CrossLayerTranscoder, torch.Ten
             d_vocab=100, n_ctx=64, act_fn="gelu", normalization_type="RMS",
             positional_embedding_type="rotary", initializer_range=0.15, seed=2,
         )  # fmt: skip
-        model = _odd_norms(HookedTransformer(cfg).eval(), 2)
+        model = odd_norms(HookedTransformer(cfg).eval(), 2)
         clt = random_clt(model, d_sae=48, active_frac=0.08, seed=2)
     prompt = torch.randint(2, model.cfg.d_vocab, (11,), generator=torch.Generator().manual_seed(3))
     return model, clt, prompt

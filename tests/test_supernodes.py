@@ -28,9 +28,8 @@ from sae_lens_clt.circuits.supernodes import (
 from tests.test_attribution import random_clt, random_model
 
 
-def setup(seed: int = 0):
-    """A random LN model with norm weights away from 1 and a random CLT over it."""
-    model = random_model(n_layers=3, d_model=32, seed=seed, tokenizer=True)
+def odd_norms(model, seed: int):
+    """``model`` with its norm weights drawn in [0.25, 1.75] and biases around 0."""
     gen = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -38,6 +37,12 @@ def setup(seed: int = 0):
                 p.copy_(torch.rand(p.shape, generator=gen) * 1.5 + 0.25)
             elif ".ln" in name and name.endswith(".b"):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+def setup(seed: int = 0):
+    """A random LN model with norm weights away from 1 and a random CLT over it."""
+    model = odd_norms(random_model(n_layers=3, d_model=32, seed=seed, tokenizer=True), seed)
     return model, random_clt(model, d_sae=48, active_frac=0.08, seed=seed)
 
 

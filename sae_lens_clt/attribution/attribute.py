@@ -54,6 +54,7 @@ from transformer_lens import HookedTransformer
 from sae_lens_clt.attribution.forward import (  # noqa: F401  (re-exported)
     RESID_HOOK,
     FrozenForward,
+    activations_and_errors,
     frozen_forward,
     select_logits,
     unembed_input_hook,
@@ -97,13 +98,9 @@ class _RowComputer:
         self.causal = getattr(model.cfg, "attention_dir", "causal") == "causal"
         # contractions in float32 at least, whatever the CLT's dtype
         dtype = torch.promote_types(fwd.y.dtype, torch.float32)
+        pre, acts, errors = activations_and_errors(clt, fwd)  # [T, L, F] x 2, [T, L, d_out]
         with torch.no_grad():
             x = fwd.x.to(clt.dtype)  # [T, L, d_in]
-            pre = torch.stack([clt.encode_layer_pre(x[:, s], s) for s in range(L)], dim=1)
-            acts = torch.stack([clt.activation(pre[:, s], s) for s in range(L)], dim=1)
-            acts[0] = 0.0  # BOS is not explained
-            errors = fwd.y.to(clt.dtype) - clt.decode_sparse(acts, x)  # [T, L, d_out]
-            errors[0] = 0.0
             acts_ltf = acts.transpose(0, 1)  # [L, T, F]
             self.active = acts_ltf.nonzero().cpu()  # [n, 3] (layer, pos, feature), sorted
             layers, pos, feats = self.active.unbind(1)

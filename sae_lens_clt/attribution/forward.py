@@ -135,3 +135,20 @@ def frozen_forward(
         y=torch.stack([a[0].detach() for a in leaves], dim=1),
         resid_post={layer: store[name] for layer, name in resid_names.items()},
     )
+
+
+def activations_and_errors(
+    clt: Transcoder, fwd: FrozenForward
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2 of attribution: the CLT's activations ``[T, L, F]`` of the cached inputs and
+    the error vectors ``y - ŷ`` ``[T, L, d_out]``, both zero at position 0 (BOS is not
+    explained), in the CLT's dtype."""
+    L = clt.cfg.n_layers
+    with torch.no_grad():
+        x = fwd.x.to(clt.dtype)  # [T, L, d_in]
+        pre = torch.stack([clt.encode_layer_pre(x[:, s], s) for s in range(L)], dim=1)
+        acts = torch.stack([clt.activation(pre[:, s], s) for s in range(L)], dim=1)
+        acts[0] = 0.0
+        errors = fwd.y.to(clt.dtype) - clt.decode_sparse(acts, x)  # [T, L, d_out]
+        errors[0] = 0.0
+    return pre, acts, errors

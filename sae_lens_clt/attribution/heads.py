@@ -52,7 +52,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from sae_lens_clt.attribution.export import node_id, node_index
-from sae_lens_clt.attribution.forward import frozen_forward
+from sae_lens_clt.attribution.forward import activations_and_errors, frozen_forward
 from sae_lens_clt.attribution.inputs import check_compatible
 from sae_lens_clt.attribution.nodes import GraphData
 from sae_lens_clt.attribution.prune import prune_graph
@@ -239,19 +239,6 @@ def _frozen_forward_with_heads(
     if any(z is None for z in z_off):
         raise RuntimeError("an attention layer's hook_z was not reached in the forward pass")
     return _Forward(fwd, z_off, z_total)  # type: ignore[arg-type]
-
-
-def _error_vectors(clt: Transcoder, fwd: Any) -> torch.Tensor:
-    """``[T, L, d_out]`` error vectors ``y - ŷ`` (zero at BOS), as ``attribute`` has them."""
-    L = clt.cfg.n_layers
-    with torch.no_grad():
-        x = fwd.x.to(clt.dtype)  # [T, L, d_in]
-        pre = torch.stack([clt.encode_layer_pre(x[:, s], s) for s in range(L)], dim=1)
-        acts = torch.stack([clt.activation(pre[:, s], s) for s in range(L)], dim=1)
-        acts[0] = 0.0  # BOS is not explained
-        errors = fwd.y.to(clt.dtype) - clt.decode_sparse(acts, x)  # [T, L, d_out]
-        errors[0] = 0.0
-    return errors
 
 
 def _source_vectors(
@@ -455,7 +442,7 @@ def edge_head_loadings(
             hf = _frozen_forward_with_heads(model, clt, graph.input_tokens)
             tangents = _SourceTangents(hf)
         g = _target_grads(model, clt, graph, hf, targets, batch_size)  # [K, L, H, dh]
-        errors = _error_vectors(clt, hf.fwd)
+        errors = activations_and_errors(clt, hf.fwd)[2]
         t_row = {t: i for i, t in enumerate(targets)}
         src_of = torch.tensor([s for _, s in pairs])
         k_of = torch.tensor([t_row[t] for t, _ in pairs])
