@@ -197,6 +197,8 @@ class _RowComputer:
         inputs = fwd.mlp_out_leaves[:src_end] + [fwd.embed_leaf]
         if fwd.pos_leaf is not None:
             inputs.append(fwd.pos_leaf)
+        if fwd.ov_state is not None:  # chunked attention skips chunks past the targets
+            fwd.ov_state.pos_end = pos_end
         got = torch.autograd.grad(
             outputs,
             inputs,
@@ -316,6 +318,7 @@ def attribute(
     update_interval: int = 4,
     targets: Sequence[TargetLike] | None = None,
     head_loadings: bool = False,
+    query_chunk: int | None = None,
     verbose: bool = False,
 ) -> AttributionGraph:
     """Attribution graph of ``prompt`` over the CLT local replacement model.
@@ -379,15 +382,15 @@ def attribute(
         int(r.split(".")[1]) for r in resolved.reads if r.startswith("resid_post.")
     ]  # fmt: skip
     with no_param_grads(model, clt):
-        fwd = frozen_forward(model, clt, tokens, resid_layers)  # step 1
+        fwd = frozen_forward(model, clt, tokens, resid_layers, query_chunk)  # step 1
         t_fwd = time.perf_counter()
         rc = _RowComputer(model, clt, fwd)  # step 2
         if resolved is None:  # step 3: the top logits
             ids, _ = select_logits(
-                fwd.logits[-1], settings["max_n_logits"], settings["desired_logit_prob"]
+                fwd.last_logits, settings["max_n_logits"], settings["desired_logit_prob"]
             )
             entries, resolved = resolve_targets_full(model, ids.cpu(), T, L, clt.cfg.d_sae)
-        finish_targets(entries, resolved, fwd.logits[-1], rc.encoder_vector, rc.feature_state)
+        finish_targets(entries, resolved, fwd.last_logits, rc.encoder_vector, rc.feature_state)
         n_keep = (
             rc.n_features if max_feature_nodes is None else min(max_feature_nodes, rc.n_features)
         )

@@ -9,10 +9,16 @@ unembedding input and the residual stream after the layers direction targets rea
 values are the model's own; under the freezes every target is an affine function of the
 leaves, so its gradient *is* the direct effect (:mod:`sae_lens_clt.attribution.attribute`
 computes rows from it; :mod:`sae_lens_clt.attribution.heads` splits it by head).
+
+With ``query_chunk`` the pass runs in chunks of that many tokens through the key / value
+cache and attention keeps no pattern (:mod:`.chunked_attention`): memory linear in tokens.
+Each leaf is then one ``[1, T, d]`` tensor all the same (every chunk reads its slice), and
+each kept output is the concatenation of the chunks' outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +27,7 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
+from sae_lens_clt.attribution.chunked_attention import OVState, frozen_chunked_attention
 from sae_lens_clt.registry import Transcoder
 
 
@@ -54,7 +61,7 @@ class FrozenForward:
     """
 
     tokens: torch.Tensor  # [T]
-    logits: torch.Tensor  # [T, d_vocab], detached
+    last_logits: torch.Tensor  # [d_vocab] at the last position, detached
     clt_inputs: list[torch.Tensor]  # L x [1, T, d_in], graph outputs (feature targets)
     unembed_input: torch.Tensor  # [1, T, d_model], graph output (logit targets)
     mlp_out_leaves: list[torch.Tensor]  # L x [1, T, d_out], graph inputs
@@ -63,6 +70,8 @@ class FrozenForward:
     x: torch.Tensor  # [T, L, d_in] CLT inputs, detached
     y: torch.Tensor  # [T, L, d_out] true MLP outputs, detached
     resid_post: dict[int, torch.Tensor] = field(default_factory=dict)  # l -> [1, T, d_model]
+    # with query_chunk: tells the attention backward where gradients end (chunked_attention)
+    ov_state: OVState | None = None
 
 
 RESID_HOOK = "blocks.{layer}.hook_resid_post"  # where a Direction target at layer l reads
@@ -73,11 +82,22 @@ def frozen_forward(
     clt: Transcoder,
     tokens: torch.Tensor,
     resid_layers: Sequence[int] = (),
+    query_chunk: int | None = None,
 ) -> FrozenForward:
     """Run the model once with the freezes of step 1 and keep the graph (and the residual
-    stream after the layers ``resid_layers``, graph outputs for direction targets)."""
-    L = clt.cfg.n_layers
-    store: dict[str, torch.Tensor] = {}
+    stream after the layers ``resid_layers``, graph outputs for direction targets).
+
+    ``query_chunk``: run in chunks of that many tokens with attention that keeps no
+    pattern (a ``HookedTransformer`` only; see the module docstring)."""
+    L, T = clt.cfg.n_layers, int(tokens.numel())
+    chunk = T if query_chunk is None else max(1, min(int(query_chunk), T))
+    if query_chunk is not None and not isinstance(model, HookedTransformer):
+        raise ValueError(
+            f"query_chunk (long prompts in bounded memory) needs a HookedTransformer, got "
+            f"{type(model).__name__}: load the model with HookedTransformer.from_pretrained"
+        )
+    store: dict[str, Any] = {}  # name -> [chunk outputs] or a full-prompt leaf
+    at = [0]  # first position of the current chunk
 
     def detach(act: torch.Tensor, hook: Any) -> torch.Tensor:
         return act.detach()
@@ -85,17 +105,28 @@ def frozen_forward(
     # hooks store under the name asked for (a TransformerBridge alias such as hook_embed
     # reaches the hook under its own name, embed.hook_out)
     def keep(act: torch.Tensor, hook: Any, name: str) -> torch.Tensor:
-        store[name] = act
+        store.setdefault(name, []).append(act)
         return act
 
+    def full_leaf(act: torch.Tensor, name: str) -> torch.Tensor:
+        """This chunk's slice of the ``[1, T, d]`` leaf ``name``, with ``act``'s value."""
+        if name not in store:
+            shape = (1, T, *act.shape[2:])
+            store[name] = torch.zeros(shape, dtype=act.dtype, device=act.device)
+            store[name].requires_grad_(True)
+        part = store[name][:, at[0] : at[0] + act.shape[1]]
+        with torch.no_grad():  # the leaf holds the values (no graph node saves it)
+            part.copy_(act)
+        if chunk == T:  # one pass: the leaf itself
+            return store[name]
+        return act.detach() + (part - part.detach())  # value act, gradient to the leaf
+
     def leaf(act: torch.Tensor, hook: Any, name: str) -> torch.Tensor:
-        store[name] = act.detach().requires_grad_(True)
-        return store[name]
+        return full_leaf(act, name)
 
     def mlp_out(act: torch.Tensor, hook: Any, layer: int) -> torch.Tensor:
-        out = act.detach().requires_grad_(True)
-        store[f"leaf_{layer}"] = out
-        skip = clt.skip(store[clt.cfg.hook_in(layer)], layer)
+        out = full_leaf(act, f"leaf_{layer}")
+        skip = clt.skip(store[clt.cfg.hook_in(layer)][-1], layer)
         if skip is not None:  # a linear skip path: value 0, the gradient of x W_skip
             return out + (skip - skip.detach()).to(out.dtype)
         return out
@@ -119,21 +150,48 @@ def frozen_forward(
     for name in resid_names.values():
         hooks.append((name, functools.partial(keep, name=name)))
     hooks = [(n, f) for n, f in hooks if n in model.hook_dict]
-    with torch.enable_grad():
-        logits = model.run_with_hooks(tokens[None].to(model.cfg.device), fwd_hooks=hooks)
-    clt_inputs = [store[clt.cfg.hook_in(layer)] for layer in range(L)]
+    device = model.cfg.device
+    state = OVState() if chunk < T else None
+    with torch.enable_grad(), contextlib.ExitStack() as stack:
+        kwargs: dict[str, Any] = {}
+        if state is not None:
+            from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+            stack.enter_context(frozen_chunked_attention(model, state))
+            kwargs["past_kv_cache"] = TransformerLensKeyValueCache.init_cache(
+                model.cfg, device, 1
+            )
+        for start in range(0, T, chunk):
+            at[0] = start
+            part = tokens[None, start : start + chunk].to(device)
+            if state is not None:  # every token attended (the cache's own default would
+                # mask tokens equal to the pad token, e.g. GPT-2's <|endoftext|>)
+                kwargs["attention_mask"] = torch.ones_like(part)
+            logits = model.run_with_hooks(part, fwd_hooks=hooks, **kwargs)
+    last_logits = logits[0, -1].detach()
+    del logits
+
+    def joined(name: str) -> torch.Tensor:  # one graph output over every chunk
+        parts = store[name]
+        if len(parts) == 1:
+            return parts[0]
+        with torch.enable_grad():
+            return torch.cat(parts, dim=1)
+
+    clt_inputs = [joined(clt.cfg.hook_in(layer)) for layer in range(L)]
     leaves = [store[f"leaf_{layer}"] for layer in range(L)]
     return FrozenForward(
         tokens=tokens,
-        logits=logits[0].detach(),
+        last_logits=last_logits,
         clt_inputs=clt_inputs,
-        unembed_input=store[unembed_hook],
+        unembed_input=joined(unembed_hook),
         mlp_out_leaves=leaves,
         embed_leaf=store["hook_embed"],
         pos_leaf=store.get("hook_pos_embed") if learned_pos else None,
         x=torch.stack([a[0].detach() for a in clt_inputs], dim=1),
         y=torch.stack([a[0].detach() for a in leaves], dim=1),
-        resid_post={layer: store[name] for layer, name in resid_names.items()},
+        resid_post={layer: joined(name) for layer, name in resid_names.items()},
+        ov_state=state,
     )
 
 
