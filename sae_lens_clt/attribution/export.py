@@ -269,8 +269,8 @@ def graph_json(
                     f"(in {float(share[i]):.0%} of prompts)"
                 )
 
-    targets, sources = pruned.edge_mask.nonzero(as_tuple=True)
-    weights = graph.adjacency[targets, sources].tolist()
+    targets, sources = pruned.edges()
+    weights = graph.edge_values(targets, sources).tolist()
     links = [
         {"source": nodes[s]["node_id"], "target": nodes[t]["node_id"], "weight": float(w)}
         for t, s, w in zip(targets.tolist(), sources.tolist(), weights, strict=True)

@@ -263,10 +263,11 @@ def total_effects(graph: GraphData) -> torch.Tensor:
     """
     nf = graph.n_features
     per_unit = graph.activation_values.double().clamp(min=1e-12)[None, :]  # [1, nf]
-    b = graph.adjacency[graph.logit_offset :, :nf].double() / per_unit  # [k, nf]
+    rows = graph.adjacency_rows()  # [nf + k, N]: the feature rows, then the targets'
+    b = rows[nf:, :nf].double() / per_unit  # [k, nf]
     if nf == 0:
         return b
-    system = graph.adjacency[:nf, :nf].double().div_(per_unit).neg_()  # -Ã_ff
+    system = rows[:nf, :nf].double().div_(per_unit).neg_()  # -Ã_ff
     system.diagonal().add_(1.0)  # I - Ã_ff
     if not torch.triu(system, diagonal=1).any():  # node order: sources before targets
         return torch.linalg.solve_triangular(system, b, upper=False, left=False)

@@ -167,8 +167,9 @@ def default_edges(graph: GraphData, **prune_kwargs: Any) -> torch.Tensor:
     or logit target, a feature / error / embedding source and source position < target
     position (``prune_kwargs`` go to :func:`~sae_lens_clt.attribution.prune.prune_graph`)."""
     pruned = prune_graph(graph, **prune_kwargs)
-    mask = pruned.edge_mask & (graph.adjacency != 0)
-    targets, sources = mask.nonzero(as_tuple=True)
+    targets, sources = pruned.edges()
+    nonzero = graph.edge_values(targets, sources) != 0
+    targets, sources = targets[nonzero], sources[nonzero]
     keep = [
         i
         for i, (t, s) in enumerate(zip(targets.tolist(), sources.tolist(), strict=True))
@@ -427,7 +428,7 @@ def edge_head_loadings(
             )
     L, H = model.cfg.n_layers, model.cfg.n_heads
     edge_tensor = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
-    weights = graph.adjacency[edge_tensor[:, 0], edge_tensor[:, 1]].float()
+    weights = graph.edge_values(edge_tensor[:, 0], edge_tensor[:, 1]).float()
     ids = [node_id(graph, i) for i in range(graph.n_nodes)]
     if not pairs:
         return HeadLoadings(edge_tensor, torch.zeros(0, L, H), weights, ids, _graph=graph)

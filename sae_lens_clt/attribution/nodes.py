@@ -1,5 +1,5 @@
-"""The data of an attribution graph: a dense adjacency matrix over a node table, saved
-without pickle (one safetensors file; the rest as JSON in its header).
+"""The data of an attribution graph: an adjacency matrix over a node table, saved without
+pickle (one safetensors file; the rest as JSON in its header).
 
 :class:`GraphData` is what pruning, export and plotting read;
 :class:`~sae_lens_clt.attribution.graph.AttributionGraph` adds the methods that call them.
@@ -11,6 +11,14 @@ Node order (rows = targets, columns = sources)::
 
 so error node ``(layer, pos)`` has index ``n_features + layer * n_pos + pos``.
 ``adjacency[target, source]`` is the direct effect of ``source`` on ``target``.
+
+Errors and embeddings are sources only, so only the feature and target rows can be
+nonzero. ``adjacency`` is either the dense ``[N, N]`` matrix or just those rows,
+``[n_features + n_logits, N]`` (**rows form**: feature rows in node order, then the target
+rows; what attribution with a ``memory_budget`` stores, since ``N`` grows with
+``n_layers * n_pos`` and ``N²`` would not fit for long prompts). Code that reads a graph
+goes through :meth:`GraphData.adjacency_rows` / :meth:`GraphData.edge_values`, which serve
+both forms; :meth:`GraphData.dense_adjacency` builds ``[N, N]`` when it is wanted.
 
 The "logit" slot holds the graph's *targets* (:mod:`.targets`): demeaned logits, logit
 differences, residual directions or feature pre-activations. Per target the graph keeps
@@ -53,7 +61,8 @@ class GraphData:
     """Direct-effect graph of one prompt over a CLT replacement model.
 
     Attributes:
-        adjacency: ``[N, N]`` float32, rows = targets, columns = sources.
+        adjacency: ``[N, N]`` float32, rows = targets, columns = sources; or only the
+            feature and target rows ``[n_features + n_logits, N]`` (rows form, above).
         active_features: ``[n_features, 3]`` int64 rows ``(layer, pos, feature)`` in node order.
         activation_values: ``[n_features]`` float32 activations of those features.
         logit_token_ids: ``[n_logits]`` int64 output tokens of the logit (target) nodes;
@@ -85,12 +94,13 @@ class GraphData:
     TENSOR_FIELDS: ClassVar[tuple[str, ...]] = _TENSOR_FIELDS  # what the file holds
 
     def __post_init__(self) -> None:
-        n = self.n_features + self.n_errors + self.n_pos + self.n_logits
-        if self.adjacency.shape != (n, n):
+        n = self.n_nodes
+        r = self.n_features + self.n_logits
+        if self.adjacency.shape not in ((n, n), (r, n)):
             raise ValueError(
-                f"adjacency must be [{n}, {n}] for {self.n_features} features, "
-                f"{self.n_layers} layers x {self.n_pos} positions and {self.n_logits} logits, "
-                f"got {tuple(self.adjacency.shape)}"
+                f"adjacency must be [{n}, {n}] (or its feature and target rows, [{r}, {n}]) "
+                f"for {self.n_features} features, {self.n_layers} layers x {self.n_pos} "
+                f"positions and {self.n_logits} logits, got {tuple(self.adjacency.shape)}"
             )
         if self.active_features.ndim != 2 or self.active_features.shape[1] != 3:
             raise ValueError(
@@ -144,7 +154,55 @@ class GraphData:
 
     @property
     def n_nodes(self) -> int:
-        return int(self.adjacency.shape[0])
+        return self.n_features + self.n_errors + self.n_pos + self.n_logits
+
+    # ------------------------------------------------------------------ adjacency
+    @property
+    def is_rows_form(self) -> bool:
+        """True when ``adjacency`` holds only the feature and target rows."""
+        return self.adjacency.shape[0] != self.n_nodes
+
+    def row_nodes(self) -> torch.Tensor:
+        """``[n_features + n_logits]`` node index of each row of :meth:`adjacency_rows`."""
+        nf = self.n_features
+        return torch.cat([torch.arange(nf), torch.arange(self.logit_offset, self.n_nodes)])
+
+    def adjacency_rows(self) -> torch.Tensor:
+        """``[n_features + n_logits, N]``: the rows that can be nonzero (features, then
+        targets); the stored tensor itself in rows form, a copy of those rows otherwise."""
+        if self.is_rows_form:
+            return self.adjacency
+        return torch.cat([self.adjacency[: self.n_features], self.adjacency[self.logit_offset :]])
+
+    def row_index(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Row of :meth:`adjacency_rows` of each node in ``nodes`` (features and targets;
+        ``-1`` for errors and embeddings, which have no inputs)."""
+        nodes = torch.as_tensor(nodes, dtype=torch.long)
+        out = torch.full_like(nodes, -1)
+        feat, tgt = nodes < self.n_features, nodes >= self.logit_offset
+        out[feat] = nodes[feat]
+        out[tgt] = nodes[tgt] - self.logit_offset + self.n_features
+        return out
+
+    def edge_values(self, targets: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """``adjacency[targets, sources]`` in node indices, in either form (``[E]``)."""
+        targets = torch.as_tensor(targets, dtype=torch.long)
+        sources = torch.as_tensor(sources, dtype=torch.long)
+        if not self.is_rows_form:
+            return self.adjacency[targets, sources]
+        rows = self.row_index(targets)
+        out = torch.zeros(rows.shape, dtype=self.adjacency.dtype)
+        has = rows >= 0
+        out[has] = self.adjacency[rows[has], sources[has]]
+        return out
+
+    def dense_adjacency(self) -> torch.Tensor:
+        """``[N, N]``: ``adjacency`` itself, or built from the rows form (``N²`` floats)."""
+        if not self.is_rows_form:
+            return self.adjacency
+        dense = torch.zeros(self.n_nodes, self.n_nodes, dtype=self.adjacency.dtype)
+        dense[self.row_nodes()] = self.adjacency
+        return dense
 
     @property
     def error_offset(self) -> int:

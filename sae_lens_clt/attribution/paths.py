@@ -24,7 +24,7 @@ def linear_effects(graph: Any) -> torch.Tensor:
     through with slope 1, so ``A[t, f] / a_f`` is the effect per unit of its input, and the
     product of ``Ã`` along a path is that path's exact linear contribution.
     """
-    at = graph.adjacency.double().clone()
+    at = graph.dense_adjacency().double()  # (a copy)
     nf = graph.n_features
     at[:, :nf] /= graph.activation_values.double().clamp(min=1e-12)[None, :]
     return at

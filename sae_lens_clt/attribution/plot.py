@@ -149,7 +149,10 @@ def _path_subgraph(
     embedding into the most probable logit, among ``nodes``."""
     mask = torch.zeros(graph.n_nodes, dtype=torch.bool)
     mask[nodes] = True
-    effects = linear_effects(graph) * pruned.edge_mask  # only pruned edges
+    effects = linear_effects(graph)  # [N, N]
+    kept = torch.zeros_like(effects, dtype=torch.bool)
+    kept[pruned.edges()] = True
+    effects *= kept  # only pruned edges
     target = graph.logit_offset
     paths = []
     for src in range(graph.embedding_offset, graph.logit_offset):
@@ -220,14 +223,17 @@ def _display_graph(
             poss = sorted(graph.node_layer_pos(i)[1] for i in d.members)
             d.row, d.pos = rows[len(rows) // 2], poss[len(poss) // 2]
     edges: dict[tuple[int, int], float] = defaultdict(float)
-    kept = torch.tensor(nodes, dtype=torch.long)
-    sub = pruned.edge_mask[kept][:, kept]  # [n, n] bool
-    for t, s in sub.nonzero().tolist():
-        gt, gs = nodes[t], nodes[s]
+    drawn = torch.zeros(graph.n_nodes, dtype=torch.bool)
+    drawn[torch.tensor(nodes, dtype=torch.long)] = True
+    targets, sources = pruned.edges()
+    both = drawn[targets] & drawn[sources]
+    targets, sources = targets[both], sources[both]
+    values = graph.edge_values(targets, sources).tolist()
+    for gt, gs, value in zip(targets.tolist(), sources.tolist(), values, strict=True):
         if allowed is not None and (gt, gs) not in allowed:
             continue
         if where[gt] != where[gs]:
-            edges[(where[gt], where[gs])] += float(graph.adjacency[gt, gs])
+            edges[(where[gt], where[gs])] += float(value)
     return _Display(display, dict(edges), hidden)
 
 

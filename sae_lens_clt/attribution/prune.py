@@ -1,6 +1,8 @@
 """Influence, pruning and graph scores (docs/design.md §3, "Influence, pruning, scores").
 
-Algorithm (graph of ``N`` nodes, adjacency ``A [N, N]``, rows = targets):
+Algorithm (graph of ``N`` nodes, adjacency ``A [N, N]``, rows = targets; computed on the
+feature and target rows only, ``[R, N]``, the only rows that can be nonzero, so a graph in
+rows form (:mod:`.nodes`) is pruned without an ``[N, N]`` matrix):
 
 1. ``B = |A|`` with each row scaled to sum to 1 (rows without inputs stay zero).
 2. Influence of every node on the logits: ``w (B + B² + B³ + …)`` with ``w`` the logit
@@ -33,9 +35,17 @@ from sae_lens_clt.attribution.nodes import GraphData
 
 class PruneResult(NamedTuple):
     node_mask: torch.Tensor  # [N] bool, nodes kept
-    edge_mask: torch.Tensor  # [N, N] bool, edges kept (rows = targets)
+    # edges kept (rows = targets): [N, N] bool, or [R, N] when the graph is in rows form
+    # (row r is node row_nodes[r])
+    edge_mask: torch.Tensor
     node_influence: torch.Tensor  # [N] influence on the logits (unpruned graph)
     cumulative_scores: torch.Tensor  # [N] share of total influence up to this node's rank
+    row_nodes: torch.Tensor | None = None  # [R] node of each edge_mask row (None: [N, N])
+
+    def edges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(targets [E], sources [E])`` node indices of the kept edges, row-major."""
+        rows, sources = self.edge_mask.nonzero(as_tuple=True)
+        return (rows if self.row_nodes is None else self.row_nodes[rows]), sources
 
     def __repr__(self) -> str:
         return (
@@ -51,7 +61,8 @@ class GraphScores(NamedTuple):
 
 def node_influence(graph: GraphData) -> torch.Tensor:
     """Influence of every node on the logits: ``[N]``."""
-    return compute_influence(normalize_rows(graph.adjacency.float()), graph.logit_weights())
+    b = normalize_rows(graph.adjacency_rows().float())
+    return compute_influence(b, graph.logit_weights(), graph.row_nodes())
 
 
 def prune_graph(
@@ -61,24 +72,27 @@ def prune_graph(
     for name, value in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
-    adjacency = graph.adjacency.float()
+    rows, row_nodes = graph.adjacency_rows().float(), graph.row_nodes()  # [R, N], [R]
     w = graph.logit_weights()
-    influence = compute_influence(normalize_rows(adjacency), w)
+    influence = compute_influence(normalize_rows(rows), w, row_nodes)
     n_inner = graph.embedding_offset  # features and errors
 
     node_mask = torch.zeros(graph.n_nodes, dtype=torch.bool)
     node_mask[smallest_prefix(influence[:n_inner], node_threshold)] = True
     node_mask[n_inner:] = True
 
-    pruned = adjacency * node_mask[:, None] * node_mask[None, :]
+    pruned = rows * node_mask[row_nodes][:, None] * node_mask[None, :]
     b = normalize_rows(pruned)
-    edge_scores = b * (compute_influence(b, w) + w)[:, None]
-    edge_mask = torch.zeros_like(pruned, dtype=torch.bool)
-    edge_mask.view(-1)[smallest_prefix(edge_scores.flatten(), edge_threshold)] = True
+    edge_scores = b * (compute_influence(b, w, row_nodes) + w)[row_nodes][:, None]
+    scored = edge_scores.nonzero(as_tuple=True)  # row-major, as the flattened matrix
+    kept = smallest_prefix(edge_scores[scored], edge_threshold)
+    edge_mask = torch.zeros_like(pruned, dtype=torch.bool)  # [R, N]
+    edge_mask[scored[0][kept], scored[1][kept]] = True
+    del pruned, b, edge_scores
 
-    n_feat = graph.n_features
+    n_feat = graph.n_features  # rows[:n_feat] are the features
     while True:
-        edge_mask &= node_mask[:, None] & node_mask[None, :]
+        edge_mask &= node_mask[row_nodes][:, None] & node_mask[None, :]
         new_mask = node_mask.clone()
         new_mask[:n_inner] &= edge_mask[:, :n_inner].any(0)  # needs an outgoing edge
         new_mask[:n_feat] &= edge_mask[:n_feat].any(1)  # features need an incoming edge
@@ -90,14 +104,18 @@ def prune_graph(
     cumulative = torch.zeros_like(influence)
     total = influence.sum().clamp(min=1e-10)
     cumulative[order] = influence[order].cumsum(0) / total
-    return PruneResult(node_mask, edge_mask, influence, cumulative)
+    if not graph.is_rows_form:  # a dense graph gets a dense mask
+        dense = torch.zeros(graph.n_nodes, graph.n_nodes, dtype=torch.bool)
+        dense[row_nodes] = edge_mask
+        return PruneResult(node_mask, dense, influence, cumulative)
+    return PruneResult(node_mask, edge_mask, influence, cumulative, row_nodes)
 
 
 def graph_scores(graph: GraphData) -> GraphScores:
     """Replacement and completeness scores (step 6 of the module docstring)."""
-    b = normalize_rows(graph.adjacency.float())
-    w = graph.logit_weights()
-    influence = compute_influence(b, w)
+    b = normalize_rows(graph.adjacency_rows().float())  # [R, N]
+    w, row_nodes = graph.logit_weights(), graph.row_nodes()
+    influence = compute_influence(b, w, row_nodes)
     errors = slice(graph.error_offset, graph.embedding_offset)
     embeddings = slice(graph.embedding_offset, graph.logit_offset)
     emb_infl, err_infl = influence[embeddings].sum(), influence[errors].sum()
@@ -105,6 +123,6 @@ def graph_scores(graph: GraphData) -> GraphScores:
 
     has_inputs = b.sum(dim=1) > 0
     non_error = 1.0 - b[:, errors].sum(dim=1)
-    weight = (influence + w) * has_inputs
+    weight = (influence + w)[row_nodes] * has_inputs
     completeness = float((non_error * weight).sum() / weight.sum().clamp(min=1e-10))
     return GraphScores(replacement=replacement, completeness=completeness)

@@ -448,7 +448,7 @@ def aggregate_graphs(
         where[g.logit_offset :] = logit0 + torch.arange(K)
         sel = (where >= 0).nonzero()[:, 0]
         idx = where[sel]
-        block = g.adjacency[sel][:, sel].double()  # [n_sel, n_sel]
+        block = g.dense_adjacency()[sel][:, sel].double()  # [n_sel, n_sel]
         total[idx[:, None], idx[None, :]] += block
         total_sq[idx[:, None], idx[None, :]] += block * block
         node_count[idx] += 1

@@ -255,7 +255,7 @@ def plot_supernode_graph(
         taken = {y for other, (ox, y) in xy.items() if abs(ox - x) < _BOX_W + 0.1}
         slot = next(k for k in itertools.count() if k * _SLOT not in taken)
         xy[name] = (x, slot * _SLOT)
-    A = graph.adjacency.double()
+    A = graph.dense_adjacency().double()
     edges = []
     for (a, (na, _)), (b, (nb, _)) in itertools.permutations(boxes.items(), 2):
         if not na or not nb:
