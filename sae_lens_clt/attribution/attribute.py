@@ -91,54 +91,67 @@ class _RowComputer:
     Columns (sources): ``[active features (n), errors (L*T, layer-major), embeddings (T)]``.
     """
 
-    def __init__(self, model: HookedTransformer, clt: Transcoder, fwd: FrozenForward) -> None:
+    def __init__(
+        self,
+        model: HookedTransformer,
+        clt: Transcoder,
+        fwd: FrozenForward,
+        encode_chunk: int | None = None,
+        precompute_decoders: bool = True,
+    ) -> None:
         L, T = clt.cfg.n_layers, fwd.tokens.numel()
-        self.fwd, self.L, self.T = fwd, L, T
+        self.fwd, self.L, self.T, self.clt = fwd, L, T, clt
         # causal attention: a target at position p sees no source at a position > p
         self.causal = getattr(model.cfg, "attention_dir", "causal") == "causal"
         # contractions in float32 at least, whatever the CLT's dtype
         dtype = torch.promote_types(fwd.y.dtype, torch.float32)
-        pre, acts, errors = activations_and_errors(clt, fwd)  # [T, L, F] x 2, [T, L, d_out]
+        sparse = activations_and_errors(clt, fwd, encode_chunk)
+        self.active = sparse.active  # [n, 3] (layer, pos, feature), sorted
+        layers, pos, feats = self.active.unbind(1)
+        self.values = sparse.values.float().cpu()  # [n]
+        self.errors = sparse.errors.transpose(0, 1).to(dtype).contiguous()  # [L, T, d_out]
+        del sparse
+        self.device, self.dtype = fwd.x.device, dtype
+        # active features sorted by (layer, pos) form contiguous blocks in node order; per
+        # block, the activation-scaled decoder rows, transposed and flattened:
+        # dec_t [w_s * d_out, n_block] (target layers s..s+w_s-1, layer-major), kept
+        # (precompute_decoders) or gathered again by each backward pass
+        self.blocks: list[tuple[int, int, int, int, torch.Tensor | None]] = []
+        keys, counts = torch.unique_consecutive(layers * T + pos, return_counts=True)
+        start = 0
+        for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
+            s, p = divmod(key, T)
+            block = self._decoder_block(s, start, start + count) if precompute_decoders else None
+            self.blocks.append((s, p, start, start + count, block))
+            start += count
         with torch.no_grad():
-            x = fwd.x.to(clt.dtype)  # [T, L, d_in]
-            acts_ltf = acts.transpose(0, 1)  # [L, T, F]
-            self.active = acts_ltf.nonzero().cpu()  # [n, 3] (layer, pos, feature), sorted
-            layers, pos, feats = self.active.unbind(1)
-            self.values = acts_ltf[layers, pos, feats].float().cpu()  # [n]
-            self.enc_vecs = clt.encoder_vectors(
-                layers.to(x.device), feats.to(x.device)
-            )  # [n, d_in]
-            self.errors = errors.transpose(0, 1).to(dtype).contiguous()  # [L, T, d_out]
-            # active features sorted by (layer, pos) form contiguous blocks in node order;
-            # per block, the activation-scaled decoder rows, transposed and flattened:
-            # dec_t [w_s * d_out, n_block] (target layers s..s+w_s-1, layer-major)
-            self.blocks: list[tuple[int, int, int, int, torch.Tensor]] = []
-            keys, counts = torch.unique_consecutive(layers * T + pos, return_counts=True)
-            start = 0
-            for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
-                s, p = divmod(key, T)
-                idx = torch.arange(start, start + count)
-                vals = self.values[idx, None, None].to(device=x.device, dtype=dtype)
-                rows = clt.decoder_rows(s, feats[idx].to(x.device)).to(dtype) * vals
-                dec_t = rows.flatten(1).T.contiguous()
-                self.blocks.append((s, p, start, start + count, dec_t))
-                start += count
             self.embed_vals = fwd.embed_leaf[0].detach().to(dtype)  # [T, d_model]
             self.pos_vals = None if fwd.pos_leaf is None else fwd.pos_leaf[0].detach().to(dtype)
         self.n_features = int(self.active.shape[0])
         self.n_cols = self.n_features + L * T + T
         self.layers, self.positions = layers, pos
-        self.pre, self.acts, self.clt = pre, acts, clt  # [T, L, F] each
+
+    @torch.no_grad()
+    def _decoder_block(self, layer: int, start: int, end: int) -> torch.Tensor:
+        """``dec_t [w * d_out, end - start]`` of the active features ``start..end-1`` (one
+        source layer and position)."""
+        feats = self.active[start:end, 2].to(self.device)
+        vals = self.values[start:end, None, None].to(device=self.device, dtype=self.dtype)
+        rows = self.clt.decoder_rows(layer, feats).to(self.dtype) * vals
+        return rows.flatten(1).T.contiguous()
 
     def encoder_vector(self, layer: int, feature: int) -> torch.Tensor:
         """``W_enc[layer][:, feature]`` ``[d_in]``, as the feature rows use it."""
-        device = self.enc_vecs.device
-        idx = torch.tensor([layer], device=device), torch.tensor([feature], device=device)
+        idx = torch.tensor([layer], device=self.device), torch.tensor([feature], device=self.device)
         return self.clt.encoder_vectors(*idx)[0]
 
+    @torch.no_grad()
     def feature_state(self, layer: int, pos: int, feature: int) -> tuple[float, float]:
         """``(pre-activation, activation)`` of a feature on this prompt (0 at BOS)."""
-        return float(self.pre[pos, layer, feature]), float(self.acts[pos, layer, feature])
+        x = self.fwd.x[pos : pos + 1, layer].to(self.clt.dtype)  # [1, d_in]
+        pre = self.clt.encode_layer_pre(x, layer)  # [1, F]
+        act = 0.0 if pos == 0 else float(self.clt.activation(pre, layer)[0, feature])
+        return float(pre[0, feature]), act
 
     def output(self, read: str) -> torch.Tensor:
         """The graph output a target reads: ``"unembed"``, ``"resid_post.{l}"``,
@@ -180,7 +193,11 @@ class _RowComputer:
         for layer in f_layers.unique().tolist():
             sel = (f_layers == layer).nonzero()[:, 0]
             g = grad_of(f"clt_in.{layer}")
-            g[sel, 0, f_pos[sel]] = self.enc_vecs[feature_ids[sel]].to(g.dtype)
+            ids = feature_ids[sel].to(self.device)
+            vecs = self.clt.encoder_vectors(
+                self.layers.to(self.device)[ids], self.active[:, 2].to(self.device)[ids]
+            )
+            g[sel, 0, f_pos[sel]] = vecs.to(g.dtype)
         ends, last = [int(f_layers.max())] if n_f else [], [int(f_pos.max())] if n_f else []
         if n_t and targets is None:
             raise ValueError("rows: target_ids given without the targets they index")
@@ -217,6 +234,8 @@ class _RowComputer:
         # s..min(s + w_s, src_end) - 1
         for s, p, start, end, dec_t in self.blocks:
             if s < src_end and p < pos_end:
+                if dec_t is None:
+                    dec_t = self._decoder_block(s, start, end)
                 hi = min(src_end, s + dec_t.shape[0] // d_out)
                 g = G[p, :, s:hi].reshape(B, -1)  # [B, (hi - s) * d_out]
                 out[:, start:end] = (g @ dec_t[: g.shape[1]]).float()

@@ -118,7 +118,12 @@ def frozen_chunked_attention(model: Any, state: OVState) -> Iterator[None]:
                 return _f(q, k)
 
             def z_scores(
-                v: torch.Tensor, pattern: torch.Tensor, _f=z_fn, _a=attn, _k=keys, _q=last_q,
+                v: torch.Tensor,
+                pattern: torch.Tensor,
+                _f=z_fn,
+                _a=attn,
+                _k=keys,
+                _q=last_q,
                 _layer=layer,
             ) -> torch.Tensor:
                 with torch.no_grad():

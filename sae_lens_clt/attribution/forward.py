@@ -158,9 +158,7 @@ def frozen_forward(
             from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
             stack.enter_context(frozen_chunked_attention(model, state))
-            kwargs["past_kv_cache"] = TransformerLensKeyValueCache.init_cache(
-                model.cfg, device, 1
-            )
+            kwargs["past_kv_cache"] = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
         for start in range(0, T, chunk):
             at[0] = start
             part = tokens[None, start : start + chunk].to(device)
@@ -195,18 +193,44 @@ def frozen_forward(
     )
 
 
+@dataclass
+class SparseActivations:
+    """The CLT's active features on one prompt and its error vectors (step 2)."""
+
+    active: torch.Tensor  # [n, 3] int64 (layer, pos, feature), sorted in that order
+    values: torch.Tensor  # [n] activations, the CLT's dtype
+    errors: torch.Tensor  # [T, L, d_out] y - ŷ, zero at position 0
+
+
 def activations_and_errors(
-    clt: Transcoder, fwd: FrozenForward
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 2 of attribution: the CLT's activations ``[T, L, F]`` of the cached inputs and
-    the error vectors ``y - ŷ`` ``[T, L, d_out]``, both zero at position 0 (BOS is not
-    explained), in the CLT's dtype."""
-    L = clt.cfg.n_layers
+    clt: Transcoder, fwd: FrozenForward, chunk: int | None = None
+) -> SparseActivations:
+    """Step 2 of attribution: the CLT's active features of the cached inputs and the error
+    vectors ``y - ŷ``, both zero at position 0 (BOS is not explained), in the CLT's dtype.
+
+    Encodes ``chunk`` positions at a time (default: all), so the dense ``[chunk, L, F]``
+    pre-activations are the largest tensor made."""
+    L, T = clt.cfg.n_layers, int(fwd.x.shape[0])
+    chunk = T if chunk is None else max(1, int(chunk))
+    actives, values, errors = [], [], []
     with torch.no_grad():
-        x = fwd.x.to(clt.dtype)  # [T, L, d_in]
-        pre = torch.stack([clt.encode_layer_pre(x[:, s], s) for s in range(L)], dim=1)
-        acts = torch.stack([clt.activation(pre[:, s], s) for s in range(L)], dim=1)
-        acts[0] = 0.0
-        errors = fwd.y.to(clt.dtype) - clt.decode_sparse(acts, x)  # [T, L, d_out]
-        errors[0] = 0.0
-    return pre, acts, errors
+        for start in range(0, T, chunk):
+            x = fwd.x[start : start + chunk].to(clt.dtype)  # [c, L, d_in]
+            acts = torch.stack(
+                [clt.activation(clt.encode_layer_pre(x[:, s], s), s) for s in range(L)], dim=1
+            )  # [c, L, F]
+            if start == 0:
+                acts[0] = 0.0
+            err = fwd.y[start : start + chunk].to(clt.dtype) - clt.decode_sparse(acts, x)
+            if start == 0:
+                err[0] = 0.0
+            pos, layer, feat = acts.nonzero(as_tuple=True)
+            actives.append(torch.stack([layer, pos + start, feat], dim=1).cpu())
+            values.append(acts[pos, layer, feat])
+            errors.append(err)
+            del acts
+        active = torch.cat(actives)
+        F = clt.cfg.d_sae
+        order = torch.argsort((active[:, 0] * T + active[:, 1]) * F + active[:, 2])
+        value = torch.cat(values)[order.to(values[0].device)]
+    return SparseActivations(active[order], value, torch.cat(errors))

@@ -443,7 +443,7 @@ def edge_head_loadings(
             hf = _frozen_forward_with_heads(model, clt, graph.input_tokens)
             tangents = _SourceTangents(hf)
         g = _target_grads(model, clt, graph, hf, targets, batch_size)  # [K, L, H, dh]
-        errors = activations_and_errors(clt, hf.fwd)[2]
+        errors = activations_and_errors(clt, hf.fwd).errors
         t_row = {t: i for i, t in enumerate(targets)}
         src_of = torch.tensor([s for _, s in pairs])
         k_of = torch.tensor([t_row[t] for t, _ in pairs])
