@@ -51,6 +51,13 @@ from typing import Any
 import torch
 from transformer_lens import HookedTransformer
 
+from sae_lens_clt.attribution.budget import (
+    MemoryPlan,
+    parse_bytes,
+    plan_forward,
+    plan_rows,
+    row_buffer,
+)
 from sae_lens_clt.attribution.forward import (  # noqa: F401  (re-exported)
     RESID_HOOK,
     FrozenForward,
@@ -97,7 +104,6 @@ class _RowComputer:
         clt: Transcoder,
         fwd: FrozenForward,
         encode_chunk: int | None = None,
-        precompute_decoders: bool = True,
     ) -> None:
         L, T = clt.cfg.n_layers, fwd.tokens.numel()
         self.fwd, self.L, self.T, self.clt = fwd, L, T, clt
@@ -115,14 +121,13 @@ class _RowComputer:
         # active features sorted by (layer, pos) form contiguous blocks in node order; per
         # block, the activation-scaled decoder rows, transposed and flattened:
         # dec_t [w_s * d_out, n_block] (target layers s..s+w_s-1, layer-major), kept
-        # (precompute_decoders) or gathered again by each backward pass
+        # (keep_decoders) or gathered again by each backward pass
         self.blocks: list[tuple[int, int, int, int, torch.Tensor | None]] = []
         keys, counts = torch.unique_consecutive(layers * T + pos, return_counts=True)
         start = 0
         for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
             s, p = divmod(key, T)
-            block = self._decoder_block(s, start, start + count) if precompute_decoders else None
-            self.blocks.append((s, p, start, start + count, block))
+            self.blocks.append((s, p, start, start + count, None))
             start += count
         with torch.no_grad():
             self.embed_vals = fwd.embed_leaf[0].detach().to(dtype)  # [T, d_model]
@@ -130,6 +135,15 @@ class _RowComputer:
         self.n_features = int(self.active.shape[0])
         self.n_cols = self.n_features + L * T + T
         self.layers, self.positions = layers, pos
+
+    def decoder_floats(self) -> int:
+        """Floats :meth:`keep_decoders` would keep (every block's ``dec_t``)."""
+        d_out = self.errors.shape[-1]
+        return sum((e - b) * len(self.clt.targets(s)) * d_out for s, _, b, e, _ in self.blocks)
+
+    def keep_decoders(self) -> None:
+        """Gather every block's decoder rows once, for all backward passes."""
+        self.blocks = [(s, p, b, e, self._decoder_block(s, b, e)) for s, p, b, e, _ in self.blocks]
 
     @torch.no_grad()
     def _decoder_block(self, layer: int, start: int, end: int) -> torch.Tensor:
@@ -266,16 +280,18 @@ def _target_rows(rc: _RowComputer, targets: ResolvedTargets, batch_size: int) ->
 
 
 def _all_rows(
-    rc: _RowComputer, targets: ResolvedTargets, batch_size: int
+    rc: _RowComputer, targets: ResolvedTargets, batch_size: int, rows_form: bool, spill: bool
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Every active feature gets a row: fill ``A [N, N]`` in node order.
+    """Every active feature gets a row: fill ``A`` in node order, dense ``[N, N]`` or in
+    rows form ``[n + k, N]`` (features, then targets).
 
     Returns ``(adjacency, selected feature indices, backward passes)``."""
     n_logits = len(targets.reads)
     selected = torch.arange(rc.n_features)
     N = rc.n_cols + n_logits
-    adjacency = torch.zeros(N, N, dtype=torch.float32)
-    adjacency[rc.n_cols :, : rc.n_cols] = _target_rows(rc, targets, batch_size)
+    adjacency = row_buffer(rc.n_features + n_logits if rows_form else N, N, spill)
+    target_row0 = rc.n_features if rows_form else rc.n_cols
+    adjacency[target_row0:, : rc.n_cols] = _target_rows(rc, targets, batch_size)
     n_batches = -(-n_logits // batch_size)
     for ids in selected.split(batch_size):
         adjacency[ids, : rc.n_cols] = rc.rows(ids, None, ())
@@ -289,13 +305,16 @@ def _ranked_rows(
     n_keep: int,
     batch_size: int,
     update_interval: int,
+    rows_form: bool,
+    spill: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Only ``n_keep`` features get rows, the most influential as rows come in (step 5).
+    """Only ``n_keep`` features get rows, the most influential as rows come in (step 5);
+    ``A`` dense or in rows form (as :func:`_all_rows`).
 
     Returns ``(adjacency, selected feature indices, backward passes)``."""
     n_active, n_logits = rc.n_features, len(targets.reads)
     n_full = rc.n_cols + n_logits  # node space before dropping unselected features
-    buf = torch.zeros(n_logits + n_keep, n_full, dtype=torch.float32)
+    buf = row_buffer(n_logits + n_keep, n_full, spill)
     row_nodes = torch.zeros(n_logits + n_keep, dtype=torch.long)
     logit_nodes = torch.arange(rc.n_cols, n_full)
     buf[:n_logits, : rc.n_cols] = _target_rows(rc, targets, batch_size)
@@ -316,10 +335,12 @@ def _ranked_rows(
     selected = visited.nonzero()[:, 0]  # sorted: node order
     keep_cols = torch.cat([selected, torch.arange(n_active, n_full)])
     N = keep_cols.numel()
-    adjacency = torch.zeros(N, N, dtype=torch.float32)
-    order = torch.argsort(row_nodes[n_logits:])  # feature rows by feature index
-    adjacency[: selected.numel()] = buf[n_logits:][order][:, keep_cols]
-    adjacency[N - n_logits :] = buf[:n_logits][:, keep_cols]
+    adjacency = row_buffer(n_keep + n_logits if rows_form else N, N, spill)
+    order = torch.argsort(row_nodes[n_logits:]) + n_logits  # feature rows by feature index
+    for i in range(0, n_keep, 1024):  # a block of rows at a time: no second full copy
+        block = order[i : i + 1024]
+        adjacency[i : i + block.numel()] = buf[block][:, keep_cols]
+    adjacency[adjacency.shape[0] - n_logits :] = buf[:n_logits][:, keep_cols]
     return adjacency, selected, n_batches
 
 
@@ -333,10 +354,11 @@ def attribute(
     max_n_logits: int = 10,
     desired_logit_prob: float = 0.95,
     max_feature_nodes: int | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     update_interval: int = 4,
     targets: Sequence[TargetLike] | None = None,
     head_loadings: bool = False,
+    memory_budget: int | str | None = None,
     query_chunk: int | None = None,
     verbose: bool = False,
 ) -> AttributionGraph:
@@ -352,7 +374,8 @@ def attribute(
             probable ones), unless ``targets`` names them.
         max_feature_nodes: if set, only this many features (the most influential ones,
             ranked progressively) become nodes.
-        batch_size: target rows per backward pass.
+        batch_size: target rows per backward pass (default 128, or fewer when that would
+            not fit ``memory_budget``).
         update_interval: batches between two re-rankings (with ``max_feature_nodes``).
         targets: what to explain, in this order, instead of the top logits (each named
             once; :mod:`sae_lens_clt.attribution.targets`): token ids or strings of exactly
@@ -373,7 +396,17 @@ def attribute(
             (``graph.edge_heads``, the JSON's links; :mod:`sae_lens_clt.attribution.heads`;
             other thresholds: ``heads.edge_head_loadings(..., node_threshold=...)``); token
             targets only; not saved with the graph.
-        verbose: print timings.
+        memory_budget: bytes (or ``"8GB"``, ``"512MiB"``) the attribution may use besides
+            the model's and CLT's weights (:mod:`sae_lens_clt.attribution.budget`): the
+            forward runs in query chunks when a one-pass forward would not fit (long
+            prompts: memory linear in tokens), the rows per pass follow the budget, rows
+            that would not fit spill to a memory-mapped file, and the graph is stored in
+            rows form (``[n_features + n_logits, N]``, :mod:`.nodes`). The estimate is
+            printed before the backward passes (``metadata["memory"]`` keeps it). Raises
+            ``ValueError`` when even one row per pass does not fit.
+        query_chunk: run the forward in chunks of this many tokens (set by
+            ``memory_budget`` when needed; a ``HookedTransformer`` only).
+        verbose: print timings (and the memory estimate).
 
     Returns:
         An :class:`AttributionGraph` (adjacency rows = targets, columns = sources).
@@ -385,6 +418,8 @@ def attribute(
     )
     tokens = to_tokens(model, prompt)
     L, T = clt.cfg.n_layers, tokens.numel()
+    budget = None if memory_budget is None else parse_bytes(memory_budget)
+    plan = plan_forward(model, clt, T, budget, query_chunk)
     entries: list[Any] | None = None
     resolved: ResolvedTargets | None = None
     if targets is not None:  # checked before anything runs
@@ -401,9 +436,9 @@ def attribute(
         int(r.split(".")[1]) for r in resolved.reads if r.startswith("resid_post.")
     ]  # fmt: skip
     with no_param_grads(model, clt):
-        fwd = frozen_forward(model, clt, tokens, resid_layers, query_chunk)  # step 1
+        fwd = frozen_forward(model, clt, tokens, resid_layers, plan.query_chunk)  # step 1
         t_fwd = time.perf_counter()
-        rc = _RowComputer(model, clt, fwd)  # step 2
+        rc = _RowComputer(model, clt, fwd, plan.encode_chunk)  # step 2
         if resolved is None:  # step 3: the top logits
             ids, _ = select_logits(
                 fwd.last_logits, settings["max_n_logits"], settings["desired_logit_prob"]
@@ -413,11 +448,24 @@ def attribute(
         n_keep = (
             rc.n_features if max_feature_nodes is None else min(max_feature_nodes, rc.n_features)
         )
+        k = len(resolved.reads)
+        # rows held: the rows buffer, plus (ranked) the graph's rows packed from it
+        n_held = (n_keep + k) * (1 if n_keep == rc.n_features else 2)
+        plan = plan_rows(
+            plan, model, clt, T, rc.n_features, rc.decoder_floats(), n_held,
+            rc.n_cols + k, batch_size,
+        )  # fmt: skip
+        if budget is not None or verbose:
+            print(f"attribute: {T} tokens, {rc.n_features} active features: {plan.describe()}")
+        if plan.precompute_decoders:
+            rc.keep_decoders()
+        rows_form, spill, batch = budget is not None, plan.spill_rows, plan.batch_size
+        settings["batch_size"] = batch
         if n_keep == rc.n_features:  # step 4
-            adjacency, selected, n_batches = _all_rows(rc, resolved, batch_size)
+            adjacency, selected, n_batches = _all_rows(rc, resolved, batch, rows_form, spill)
         else:  # steps 4-5
             adjacency, selected, n_batches = _ranked_rows(
-                rc, resolved, n_keep, batch_size, update_interval
+                rc, resolved, n_keep, batch, update_interval, rows_form, spill
             )
     del fwd
     timing = {"forward": t_fwd - start, "total": time.perf_counter() - start}
@@ -426,6 +474,7 @@ def attribute(
     )
     if targets is not None:  # the weights are logit_probabilities; these are the model's
         metadata["target_probabilities"] = resolved.model_probs
+    metadata["memory"] = _plan_json(plan)
     graph = AttributionGraph(  # step 6
         adjacency=adjacency,
         active_features=rc.active[selected].long(),
@@ -442,7 +491,7 @@ def attribute(
     if head_loadings:  # post hoc: split cross-position edges by head (heads.py)
         from sae_lens_clt.attribution.heads import edge_head_loadings
 
-        graph.head_loadings = edge_head_loadings(model, clt, graph, batch_size=batch_size)
+        graph.head_loadings = edge_head_loadings(model, clt, graph, batch_size=batch)
     if verbose:
         print(
             f"attribute: {T} tokens, {rc.n_features} active features "
@@ -456,10 +505,14 @@ def _checked_settings(
     max_n_logits: int,
     desired_logit_prob: float,
     max_feature_nodes: int | None,
-    batch_size: int,
+    batch_size: int | None,
     update_interval: int,
 ) -> dict[str, Any]:
-    if batch_size < 1 or max_n_logits < 1 or not 0.0 < desired_logit_prob <= 1.0:
+    if (
+        (batch_size is not None and batch_size < 1)
+        or max_n_logits < 1
+        or not (0.0 < desired_logit_prob <= 1.0)
+    ):
         raise ValueError(
             f"need batch_size >= 1 (got {batch_size}), max_n_logits >= 1 (got {max_n_logits}) "
             f"and 0 < desired_logit_prob <= 1 (got {desired_logit_prob})"
@@ -472,6 +525,18 @@ def _checked_settings(
         "max_feature_nodes": max_feature_nodes,
         "batch_size": batch_size,
         "update_interval": update_interval,
+    }
+
+
+def _plan_json(plan: MemoryPlan) -> dict[str, Any]:
+    """What a graph records of how it was computed within memory (JSON)."""
+    return {
+        "budget_bytes": plan.budget,
+        "estimate_bytes": plan.estimate,
+        "parts_bytes": plan.parts,
+        "query_chunk": plan.query_chunk,
+        "batch_size": plan.batch_size,
+        "spilled_rows": plan.spill_rows,
     }
 
 

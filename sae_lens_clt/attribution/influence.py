@@ -42,13 +42,44 @@ def compute_influence(
 
 
 def influence_from_rows(
-    rows: torch.Tensor, row_nodes: torch.Tensor, logit_nodes: torch.Tensor, probs: torch.Tensor
+    rows: torch.Tensor,
+    row_nodes: torch.Tensor,
+    logit_nodes: torch.Tensor,
+    probs: torch.Tensor,
+    chunk: int = 4096,
 ) -> torch.Tensor:
     """Influence of every node ``[N]`` from some rows of ``A`` (``rows [R, N]`` of the nodes
-    ``row_nodes [R]``), with ``probs`` on ``logit_nodes``."""
-    weights = torch.zeros(rows.shape[1], dtype=rows.dtype)
-    weights[logit_nodes] = probs.to(rows.dtype)
-    return compute_influence(normalize_rows(rows), weights, row_nodes)
+    ``row_nodes [R]``), with ``probs`` on ``logit_nodes``.
+
+    The same series as :func:`compute_influence`, without a normalised copy of ``rows``
+    (which may be a memory-mapped file): with ``s_0 = w[R]`` and ``s_k = s_{k-1} B[:, R]``
+    (the ``[R, R]`` block), the influence is ``(Σ_k s_k) B``; ``B``'s row sums, its
+    ``[R, R]`` block and that last product are read ``chunk`` rows at a time."""
+    n_rows, n = rows.shape
+    sums = torch.zeros(n_rows, dtype=torch.float32)
+    block = torch.zeros(n_rows, n_rows, dtype=torch.float32)  # |A|[:, R], then B[:, R]
+    for i in range(0, n_rows, chunk):
+        part = rows[i : i + chunk].abs().float()
+        sums[i : i + chunk] = part.sum(1)
+        block[i : i + chunk] = part[:, row_nodes]
+    scale = 1.0 / sums.clamp(min=1e-10)
+    block *= scale[:, None]
+    weights = torch.zeros(n, dtype=torch.float32)
+    weights[logit_nodes] = probs.float()
+    current = weights[row_nodes]
+    total = current.clone()
+    for _ in range(n_rows + 1):
+        current = current @ block
+        if not current.any():
+            break
+        total += current
+    else:
+        raise RuntimeError("influence did not converge: the adjacency matrix has a cycle")
+    total *= scale  # (Σ s_k) B = ((Σ s_k) / row sums) |A|
+    influence = torch.zeros(n, dtype=torch.float32)
+    for i in range(0, n_rows, chunk):
+        influence += total[i : i + chunk] @ rows[i : i + chunk].abs().float()
+    return influence
 
 
 def smallest_prefix(values: torch.Tensor, threshold: float) -> torch.Tensor:
