@@ -55,7 +55,9 @@ def parse_bytes(value: int | float | str) -> int:
 
 
 def fmt_bytes(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 @dataclass
@@ -115,7 +117,9 @@ def plan_forward(
     if budget is None:
         return MemoryPlan(None, query_chunk, None)
     if query_chunk is None and forward_bytes(model, clt, T, None) > budget / 4:
-        query_chunk = int(max(16, min(T, budget / 8 / (16 * H * T))))
+        query_chunk = int(max(16, min(T // 2, budget / 8 / (16 * H * T))))
+    if query_chunk is not None and query_chunk >= T:
+        query_chunk = None  # one chunk: the one-pass forward
     encode_chunk = int(max(1, min(T, budget / 16 / (12 * L * F))))
     return MemoryPlan(budget, query_chunk, encode_chunk)
 
@@ -152,7 +156,7 @@ def plan_rows(
         plan.precompute_decoders, parts["decoders"] = False, 0.0
     if parts["rows"] > budget / 3:
         plan.spill_rows = True
-        parts["rows"] = 4 * 4096.0 * n_cols  # the chunk in memory while rows are read
+        parts["rows"] = 4.0 * min(n_rows, 4096) * n_cols  # a chunk read at a time
     left = budget - sum(parts.values())
     fits = int(left // per_row)
     if fits < 1:
