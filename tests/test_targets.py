@@ -435,6 +435,8 @@ def test_mixed_graph_prunes_scores_exports_and_draws(mixed, tmp_path) -> None:
     logit_nodes = [n for n in data["nodes"] if n["feature_type"] == "logit"]
     assert len(logit_nodes) == 6 and len({n["node_id"] for n in logit_nodes}) == 6
     assert [n["ctx_idx"] for n in logit_nodes] == [13, 13, 6, 11, 8, 8]
+    assert [n["target_kind"] for n in logit_nodes] == [  # the viewer: probability or weight
+        "token", "logit_diff", "direction", "direction", "feature", "feature"]  # fmt: skip
     f_on, f_off = targets[4].feature, targets[5].feature
     assert [n["clerp"] for n in logit_nodes] == [
         'Output "w40" (p=' + f"{float(graph.logit_probabilities[0]):.3f})",

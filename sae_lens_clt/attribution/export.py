@@ -258,6 +258,7 @@ def graph_json(
                 node_id=node_id(graph, i), feature=tok, layer=str(L + 1),
                 ctx_idx=pos, feature_type=FEATURE_TYPES[3], jsNodeId=f"L_{tok}-{pos}",
                 clerp=clerp, token_prob=prob, is_target_logit=k == 0, influence=infl,
+                target_kind=graph.target_kind(k),
             )  # fmt: skip
 
     share = getattr(graph, "node_share", None)  # [N] on an aggregate over prompts

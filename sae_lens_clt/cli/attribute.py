@@ -57,7 +57,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-n-logits", type=int, default=10)
     p.add_argument("--desired-logit-prob", type=float, default=0.95)
     p.add_argument("--max-feature-nodes", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="rows per backward pass (default 128, or what fits --memory-budget)",
+    )
+    p.add_argument(
+        "--memory-budget",
+        default=None,
+        help="memory the attribution may use besides the weights, e.g. 8GB: long prompts run "
+        "in query chunks, rows spill to disk past it; the estimate is printed first",
+    )
     p.add_argument("--node-threshold", type=float, default=0.8)
     p.add_argument("--edge-threshold", type=float, default=0.98)
     p.add_argument(
@@ -226,12 +237,14 @@ def run(args: argparse.Namespace) -> int:
         max_feature_nodes=args.max_feature_nodes,
         batch_size=args.batch_size,
         targets=cli_targets(args),
+        memory_budget=args.memory_budget,
     )
     if args.head_loadings:  # the edges this command's pruning keeps
         from sae_lens_clt.attribution.heads import edge_head_loadings
 
         graph.head_loadings = edge_head_loadings(
-            model, clt, graph, batch_size=args.batch_size, node_threshold=args.node_threshold,
+            model, clt, graph, batch_size=graph.metadata["settings"]["batch_size"],
+            node_threshold=args.node_threshold,
             edge_threshold=args.edge_threshold,
         )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

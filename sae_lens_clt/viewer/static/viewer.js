@@ -291,7 +291,11 @@ async function showDetail(node) {
   };
   add('activation', node.activation);
   add('influence (cumulative)', node.influence);
-  if (KIND[node.feature_type] === 'logit') add('probability', node.token_prob);
+  if (KIND[node.feature_type] === 'logit') {
+    // a token's probability; a custom target's (logit difference, direction, feature) weight
+    const custom = node.target_kind && node.target_kind !== 'token';
+    add(custom ? 'weight' : 'probability', node.token_prob);
+  }
   box.appendChild(facts);
   const pin = html('button', { id: 'pin-button', type: 'button' },
     state.pinned.has(node.node_id) ? 'unpin' : 'pin to subgraph');
