@@ -13,7 +13,8 @@ d_out, ``F`` features per layer, ``n`` active features, ``N = n + L·T + T + k``
   outputs (``3 · L · T · d · 4``), the encoding transient ``3 · C_e · L · F · 4``.
 - **decoders**: the activation-scaled decoder rows of every active feature
   (``Σ_f w_f · d_out · 4``, ``w_f`` its target layers), when kept between passes.
-- **rows**: ``R · N · 4``, in memory or in a memory-mapped file (spilled).
+- **rows**: ``R · N · 4``, in memory or in a memory-mapped file (spilled), plus the chunk
+  of ``|rows|`` (at most 4,096 rows) the influence ranking reads at a time.
 - **per pass**: ``B · (PASS_PER_TOKEN · L · T · d · 4 + N · 4 · 2)``: gradients at the
   leaves, the autograd buffers, the rows being written.
 
@@ -144,7 +145,8 @@ def plan_rows(
         "forward": forward_bytes(model, clt, T, plan.query_chunk),
         "activations": 28 * n_active + 3 * L * T * d * 4 + 3 * (plan.encode_chunk or T) * L * F * 4,
         "decoders": decoder_floats * 4.0,
-        "rows": float(n_rows) * n_cols * 4,
+        # the rows, plus the |rows| chunk the influence ranking reads at a time
+        "rows": float(n_rows) * n_cols * 4 + 4.0 * min(n_rows, 4096) * n_cols,
     }
     per_row = PASS_PER_TOKEN * L * T * d * 4 + n_cols * 4 * 2
     if plan.budget is None:
