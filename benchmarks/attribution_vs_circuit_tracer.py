@@ -14,8 +14,9 @@ Steps:
 2. Each (tool, prompt length, ``max_feature_nodes``) runs in a fresh subprocess, ours and
    theirs alternating: build, warm up on 4 tokens, then time one ``attribute`` call on a
    random prompt (BOS + random ids) and read the peak RSS of the process (``ru_maxrss``:
-   the model, one CLT and the attribution) and the RSS before the call. Both use batch size
-   128 by default.
+   setup included), the peak RSS during the call (``VmHWM`` reset just before it: the
+   resident model and CLT plus the attribution) and the RSS before the call. Both use batch
+   size 128 by default.
 3. Ours also: the FLOPs the call executes (``torch.utils.flop_counter.FlopCounterMode``, a
    second call) and this process' dense-matmul rate (a ``[4096, 768] @ [768, 4096]`` GEMM,
    best of 5), so ``matmul-bound share = FLOPs / rate / our time``.
@@ -53,6 +54,21 @@ def rss_mb() -> float:
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_call_peak() -> None:
+    """Reset the kernel's peak-RSS mark (``VmHWM``) to the current RSS (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def call_peak_mb() -> float:
+    """Peak RSS since :func:`reset_call_peak` (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def build(active: float, seed: int = 0, with_clt: bool = True):
@@ -149,13 +165,16 @@ def worker(conf: dict) -> dict:
 
     run(tokens[:4])  # warm up
     before = rss_mb()
+    process_peak = peak_mb()  # so far: setup (building / loading model and CLT) + warm-up
+    reset_call_peak()
     t = time.perf_counter()
     graph = run(tokens)
     seconds = time.perf_counter() - t
     out = {
         **conf,
         "seconds": seconds,
-        "peak_rss_mb": peak_mb(),
+        "peak_rss_mb": max(peak_mb(), process_peak),
+        "call_peak_mb": call_peak_mb(),
         "rss_before_mb": before,
         "active": int(graph.active_features.shape[0]),
     }
@@ -221,22 +240,26 @@ def main() -> None:
             print(json.dumps({"ours": ours, "theirs": theirs}), flush=True)
     print(
         "\n| tokens | max_feature_nodes | active | ours s | circuit-tracer s | time ratio | "
-        "ours peak MB | circuit-tracer peak MB | memory ratio | our GFLOP | matmul-bound share |"
+        "ours peak MB | circuit-tracer peak MB | memory ratio | ours call peak MB | "
+        "circuit-tracer call peak MB | call memory ratio | our GFLOP | matmul-bound share |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for ours, theirs in rows:
         mfn = ours["max_feature_nodes"] or "all"
         bound = ours["flops"] / ours["matmul_flops_per_s"] / ours["seconds"]
         if "seconds" in theirs:
             t_ratio = f"{ours['seconds'] / theirs['seconds']:.3f}"
             m_ratio = f"{ours['peak_rss_mb'] / theirs['peak_rss_mb']:.2f}"
+            c_ratio = f"{ours['call_peak_mb'] / theirs['call_peak_mb']:.2f}"
             t_s, t_m = f"{theirs['seconds']:.1f}", f"{theirs['peak_rss_mb']:.0f}"
+            t_c = f"{theirs['call_peak_mb']:.0f}"
         else:
-            t_ratio = m_ratio = "—"
+            t_ratio = m_ratio = c_ratio = t_c = "—"
             t_s, t_m = theirs.get("skipped") or f"failed: {theirs.get('error')}", "—"
         print(
             f"| {ours['n_tokens']} | {mfn} | {ours['active']} | {ours['seconds']:.2f} | {t_s} | "
             f"{t_ratio} | {ours['peak_rss_mb']:.0f} | {t_m} | {m_ratio} | "
+            f"{ours['call_peak_mb']:.0f} | {t_c} | {c_ratio} | "
             f"{ours['flops'] / 1e9:.1f} | {bound:.0%} |"
         )
     print(f"(matmul rate measured in our processes: "

@@ -39,7 +39,15 @@ Algorithm (one prompt of ``T`` tokens, ``L`` layers; docs/design.md §3):
    the influence of every active feature on the logits is re-estimated from the rows
    computed so far (``w (B + B² + …)`` over those rows) and the most influential
    unvisited features get the next rows. Only the visited features become nodes.
-6. **Package** an :class:`AttributionGraph` (dense float32 ``[N, N]`` adjacency).
+6. **Package** an :class:`AttributionGraph` (dense float32 ``[N, N]`` adjacency, or in
+   rows form ``[n_kept + k, N]`` under a memory budget).
+
+With ``memory_budget`` (:mod:`.budget`) a plan is made first: the forward of step 1 runs in
+query chunks that keep no attention pattern when a one-pass forward would not fit
+(:mod:`.chunked_attention`), step 2 encodes a chunk of positions at a time, the decoder
+rows of step 4 are gathered per pass when keeping them would not fit, ``B`` follows the
+budget, and rows past a third of it live in a memory-mapped file; the estimate is printed
+before step 4. Influence ranking (step 5) streams the rows either way.
 """
 
 from __future__ import annotations
