@@ -215,9 +215,9 @@ class _RowComputer:
         for layer in f_layers.unique().tolist():
             sel = (f_layers == layer).nonzero()[:, 0]
             g = grad_of(f"clt_in.{layer}")
-            ids = feature_ids[sel].to(self.device)
+            ids = feature_ids[sel]  # (host indices: move only the batch's, not all n)
             vecs = self.clt.encoder_vectors(
-                self.layers.to(self.device)[ids], self.active[:, 2].to(self.device)[ids]
+                self.layers[ids].to(self.device), self.active[ids, 2].to(self.device)
             )
             g[sel, 0, f_pos[sel]] = vecs.to(g.dtype)
         ends, last = [int(f_layers.max())] if n_f else [], [int(f_pos.max())] if n_f else []
