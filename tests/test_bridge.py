@@ -95,6 +95,12 @@ def test_bridge_equals_hooked_transformer(kind: str, tmp_path) -> None:
     assert torch.equal(ours.logit_token_ids, theirs.logit_token_ids)
     scale = theirs.adjacency.abs().max()
     torch.testing.assert_close(ours.adjacency, theirs.adjacency, atol=1e-5 * scale, rtol=0)
+    # a memory budget works on the bridge (rows form); query chunks need a HookedTransformer
+    rows = attribute(bridge, clt, prompt, memory_budget="1GB")
+    assert rows.is_rows_form
+    torch.testing.assert_close(rows.dense_adjacency(), theirs.adjacency, atol=1e-5 * scale, rtol=0)
+    with pytest.raises(ValueError, match="query_chunk .* needs a HookedTransformer"):
+        attribute(bridge, clt, prompt, query_chunk=4)
     todo = [(*theirs.active_features[0].tolist(), 0.0), (*theirs.active_features[5].tolist(), 2.0)]
     for mlps in ("replacement", "model"):
         for freeze in (True, False):
