@@ -47,6 +47,11 @@ def cases(tmp: Path, busy_port: int) -> list[tuple[list[str], str]]:
         ),
         ([*attribute, "--prompt", "hi", "--clt", str(tmp / "no_such_clt")], r"no_such_clt"),
         ([*attribute, "--prompt", "hi", "--max-n-logits", "0"], r"max_n_logits >= 1"),
+        ([*attribute, "--prompt", "hi", "--memory-budget", "lots"], r"--memory-budget 'lots'"),
+        (
+            [*attribute, "--prompt", "hi", "--memory-budget", "1KB"],
+            r"memory_budget 1 KiB is too small .* raise memory_budget",
+        ),
         (["info", str(tmp / "missing")], r"missing"),
         (["info", str(tmp)], r"holds no CLT"),
         (["info", "--device", "cuda"], r"no CUDA GPU"),

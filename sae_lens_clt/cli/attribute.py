@@ -216,6 +216,16 @@ def run(args: argparse.Namespace) -> int:
             f"--faithfulness {args.faithfulness}: K must be >= 1 — the number of top features "
             "to ablate (or give --faithfulness alone for 20)"
         )
+    if args.memory_budget is not None:
+        from sae_lens_clt.attribution.budget import parse_bytes
+
+        try:
+            parse_bytes(args.memory_budget)
+        except ValueError:
+            raise UsageError(
+                f"--memory-budget {args.memory_budget!r} is not a size — give bytes or e.g. "
+                "8GB, 512MiB"
+            ) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
