@@ -129,6 +129,19 @@ def _try(model, clt, prompt, budget):
         return None
 
 
+def test_query_chunks_need_causal_attention_and_head_loadings_one_pass() -> None:
+    model = random_model(n_layers=2, d_model=32)
+    clt = random_clt(model)
+    prompt = torch.randint(1, 100, (40,), generator=torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match="one-pass forward .* drop head_loadings"):
+        attribute(model, clt, prompt, query_chunk=8, head_loadings=True)
+    model.cfg.attention_dir = "bidirectional"  # a chunk would need later positions
+    with pytest.raises(ValueError, match="causal attention"):
+        attribute(model, clt, prompt, query_chunk=8)
+    with pytest.raises(ValueError, match="cannot run in query chunks"):
+        attribute(model, clt, prompt, memory_budget=300_000)
+
+
 def test_too_small_a_budget_is_refused() -> None:
     model = random_model(n_layers=3, d_model=32)
     clt = random_clt(model)

@@ -70,6 +70,7 @@ from sae_lens_clt.attribution.forward import (  # noqa: F401  (re-exported)
     RESID_HOOK,
     FrozenForward,
     activations_and_errors,
+    chunkable,
     frozen_forward,
     select_logits,
     unembed_input_hook,
@@ -238,14 +239,18 @@ class _RowComputer:
             inputs.append(fwd.pos_leaf)
         if fwd.ov_state is not None:  # chunked attention skips chunks past the targets
             fwd.ov_state.pos_end = pos_end
-        got = torch.autograd.grad(
-            outputs,
-            inputs,
-            list(grads.values()),
-            retain_graph=True,
-            allow_unused=True,
-            is_grads_batched=True,
-        )
+        try:
+            got = torch.autograd.grad(
+                outputs,
+                inputs,
+                list(grads.values()),
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        finally:  # any other backward through this forward sees every position
+            if fwd.ov_state is not None:
+                fwd.ov_state.pos_end = None
         kw = {"dtype": self.errors.dtype, "device": self.errors.device}
         G = torch.zeros(pos_end, B, src_end, d_out, **kw)  # grads at the MLP outputs
         for layer in range(src_end):
@@ -427,7 +432,12 @@ def attribute(
     tokens = to_tokens(model, prompt)
     L, T = clt.cfg.n_layers, tokens.numel()
     budget = None if memory_budget is None else parse_bytes(memory_budget)
-    plan = plan_forward(model, clt, T, budget, query_chunk)
+    plan = plan_forward(model, clt, T, budget, query_chunk, chunkable(model))
+    if head_loadings and plan.query_chunk is not None:
+        raise ValueError(
+            "head_loadings runs a one-pass forward (every [heads, T, T] pattern), which this "
+            "prompt's memory plan does not fit: drop head_loadings or raise memory_budget"
+        )
     entries: list[Any] | None = None
     resolved: ResolvedTargets | None = None
     if targets is not None:  # checked before anything runs

@@ -14,7 +14,7 @@ d_out, ``F`` features per layer, ``n`` active features, ``N = n + L·T + T + k``
 - **decoders**: the activation-scaled decoder rows of every active feature
   (``Σ_f w_f · d_out · 4``, ``w_f`` its target layers), when kept between passes.
 - **rows**: ``R · N · 4``, in memory or in a memory-mapped file (spilled), plus the chunk
-  of ``|rows|`` (at most 4,096 rows) the influence ranking reads at a time.
+  of ``|rows|`` (at most 4,096 rows) and the ``[R, R]`` block the influence ranking uses.
 - **per pass**: ``B · (PASS_PER_TOKEN · L · T · d · 4 + N · 4 · 2)``: gradients at the
   leaves, the autograd buffers, the rows being written.
 
@@ -44,8 +44,8 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 def parse_bytes(value: int | float | str) -> int:
     """``8_000_000_000``, ``"8GB"``, ``"512 MiB"``, ``"1.5g"`` -> bytes (powers of 1024)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value <= 0:
-            raise ValueError(f"memory_budget must be positive, got {value}")
+        if int(value) < 1:
+            raise ValueError(f"memory_budget must be at least 1 byte, got {value}")
         return int(value)
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(value).lower())
     if match is None:
@@ -110,14 +110,30 @@ def forward_bytes(model: Any, clt: Any, n_tokens: int, query_chunk: int | None) 
 
 
 def plan_forward(
-    model: Any, clt: Any, n_tokens: int, budget: int | None, query_chunk: int | None = None
+    model: Any,
+    clt: Any,
+    n_tokens: int,
+    budget: int | None,
+    query_chunk: int | None = None,
+    chunkable: bool = True,
 ) -> MemoryPlan:
-    """The forward's part of the plan, decided before it runs (module docstring)."""
+    """The forward's part of the plan, decided before it runs (module docstring);
+    ``chunkable``: whether the model can run in query chunks (else the one-pass forward
+    must fit the budget)."""
     L, H, _, F = _dims(model, clt)
     T = n_tokens
     if budget is None:
         return MemoryPlan(None, query_chunk, None)
-    if query_chunk is None and forward_bytes(model, clt, T, None) > budget / 4:
+    one_pass = forward_bytes(model, clt, T, None)
+    if query_chunk is None and one_pass > budget / 4:
+        if not chunkable:
+            if one_pass <= budget / 2:
+                return MemoryPlan(budget, None, int(max(1, min(T, budget / 16 / (12 * L * F)))))
+            raise ValueError(
+                f"memory_budget {fmt_bytes(budget)}: the one-pass forward of {T} tokens takes "
+                f"~{fmt_bytes(one_pass)} and this model cannot run in query chunks (it needs "
+                "a HookedTransformer with causal attention); raise memory_budget"
+            )
         query_chunk = int(max(16, min(T // 2, budget / 8 / (16 * H * T))))
     if query_chunk is not None and query_chunk >= T:
         query_chunk = None  # one chunk: the one-pass forward
@@ -146,7 +162,7 @@ def plan_rows(
         "activations": 28 * n_active + 3 * L * T * d * 4 + 3 * (plan.encode_chunk or T) * L * F * 4,
         "decoders": decoder_floats * 4.0,
         # the rows, plus the |rows| chunk the influence ranking reads at a time
-        "rows": float(n_rows) * n_cols * 4 + 4.0 * min(n_rows, 4096) * n_cols,
+        "rows": float(n_rows) * n_cols * 4 + 4.0 * min(n_rows, 4096) * n_cols + 4.0 * n_rows**2,
     }
     per_row = PASS_PER_TOKEN * L * T * d * 4 + n_cols * 4 * 2
     if plan.budget is None:

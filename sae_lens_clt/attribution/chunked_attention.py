@@ -77,12 +77,13 @@ class FrozenOV(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
         v, _, attn, q, keys, offset, state = inputs
-        ctx.attn, ctx.q, ctx.keys, ctx.offset, ctx.state = attn, q, keys, offset, state
+        ctx.save_for_backward(q)  # (the keys: the layer's shared holder, read as a prefix)
+        ctx.attn, ctx.keys, ctx.offset, ctx.state = attn, keys, offset, state
         ctx.v_shape, ctx.v_dtype = v.shape, v.dtype
 
     @staticmethod
     def backward(ctx: Any, grad_z: torch.Tensor) -> tuple:  # type: ignore[override]
-        offset, q = ctx.offset, ctx.q
+        offset, (q,) = ctx.offset, ctx.saved_tensors
         pos_end = ctx.state.pos_end
         n_q = q.shape[1] if pos_end is None else max(0, min(q.shape[1], pos_end - offset))
         if n_q == 0:  # the whole chunk lies after every target of this pass
@@ -138,7 +139,8 @@ def frozen_chunked_attention(model: Any, state: OVState) -> Iterator[None]:
                         "calculate_attention_scores + apply_causal_mask + softmax (max "
                         f"difference {float((again - pattern).abs().max()):.2e}); long "
                         "prompts in query chunks do not support it: run without "
-                        "memory_budget"
+                        "query_chunk / memory_budget (or with a budget that fits a one-pass "
+                        "forward)"
                     )
                 return FrozenOV.apply(v, z, _a, q, _k, offset, state)
 

@@ -77,6 +77,13 @@ class FrozenForward:
 RESID_HOOK = "blocks.{layer}.hook_resid_post"  # where a Direction target at layer l reads
 
 
+def chunkable(model: Any) -> bool:
+    """Whether the forward can run in query chunks: a ``HookedTransformer`` (its key/value
+    cache) with causal attention (a chunk must not need later positions)."""
+    causal = getattr(model.cfg, "attention_dir", "causal") == "causal"
+    return isinstance(model, HookedTransformer) and causal
+
+
 def frozen_forward(
     model: HookedTransformer,
     clt: Transcoder,
@@ -91,10 +98,12 @@ def frozen_forward(
     pattern (a ``HookedTransformer`` only; see the module docstring)."""
     L, T = clt.cfg.n_layers, int(tokens.numel())
     chunk = T if query_chunk is None else max(1, min(int(query_chunk), T))
-    if query_chunk is not None and not isinstance(model, HookedTransformer):
+    if chunk < T and not chunkable(model):
         raise ValueError(
-            f"query_chunk (long prompts in bounded memory) needs a HookedTransformer, got "
-            f"{type(model).__name__}: load the model with HookedTransformer.from_pretrained"
+            f"query_chunk (long prompts in bounded memory) needs a HookedTransformer with "
+            f"causal attention, got {type(model).__name__} (attention "
+            f"{getattr(model.cfg, 'attention_dir', 'causal')}): load the model with "
+            "HookedTransformer.from_pretrained, or drop query_chunk / raise memory_budget"
         )
     store: dict[str, Any] = {}  # name -> [chunk outputs] or a full-prompt leaf
     at = [0]  # first position of the current chunk

@@ -221,11 +221,8 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             parse_bytes(args.memory_budget)
-        except ValueError:
-            raise UsageError(
-                f"--memory-budget {args.memory_budget!r} is not a size — give bytes or e.g. "
-                "8GB, 512MiB"
-            ) from None
+        except ValueError as e:
+            raise UsageError(f"--memory-budget {args.memory_budget!r}: {e}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
