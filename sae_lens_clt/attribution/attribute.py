@@ -57,6 +57,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_lens_clt.attribution.budget import (
@@ -144,6 +145,7 @@ class _RowComputer:
         self.n_features = int(self.active.shape[0])
         self.n_cols = self.n_features + L * T + T
         self.layers, self.positions = layers, pos
+        self.bar: Any = None  # a progress bar that counts the rows computed, when set
 
     def decoder_floats(self) -> int:
         """Floats :meth:`keep_decoders` would keep (every block's ``dec_t``)."""
@@ -276,6 +278,8 @@ class _RowComputer:
             emb += (got[src_end][:, 0] * self.embed_vals).sum(-1).float()
         if fwd.pos_leaf is not None and got[src_end + 1] is not None:
             emb += (got[src_end + 1][:, 0] * self.pos_vals).sum(-1).float()
+        if self.bar is not None:
+            self.bar.update(B)
         return out.cpu()
 
 
@@ -478,6 +482,11 @@ def attribute(
         if plan.precompute_decoders:
             rc.keep_decoders()
         rows_form, spill, batch = budget is not None, plan.spill_rows, plan.batch_size
+        # long runs (a budget, or asked for) show the rows as they are computed
+        rc.bar = tqdm(
+            total=n_keep + k, desc="attribution rows", unit="row",
+            disable=not (budget is not None or verbose),
+        )  # fmt: skip
         settings["batch_size"] = batch
         if n_keep == rc.n_features:  # step 4
             adjacency, selected, n_batches = _all_rows(rc, resolved, batch, rows_form, spill)
@@ -485,6 +494,7 @@ def attribute(
             adjacency, selected, n_batches = _ranked_rows(
                 rc, resolved, n_keep, batch, update_interval, rows_form, spill
             )
+    rc.bar.close()
     del fwd
     timing = {"forward": t_fwd - start, "total": time.perf_counter() - start}
     metadata = _graph_metadata(
